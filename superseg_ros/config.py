@@ -1,0 +1,44 @@
+"""Config dicts with defaults: every user-facing setting is checked against a default table.
+
+A wrong key is the most common config mistake, so it is an error that names the key and the keys
+that are allowed, never a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message says what to fix."""
+
+
+def merge_config(defaults: Mapping[str, Any], overrides: Mapping[str, Any] | None,
+                 where: str = "config") -> dict:
+    """Return a deep copy of `defaults` updated with `overrides`.
+
+    Keys absent from `defaults` raise ConfigError. Nested dicts merge recursively, except where the
+    default is an empty dict (an open mapping: any keys allowed).
+    """
+    merged = copy.deepcopy(dict(defaults))
+    for key, value in (overrides or {}).items():
+        if key not in merged:
+            hint = difflib.get_close_matches(str(key), [str(k) for k in merged], n=1)
+            raise ConfigError(
+                f"unknown {where} key '{key}'"
+                + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                + f"; valid keys: {', '.join(sorted(map(str, merged)))}")
+        default = merged[key]
+        if isinstance(default, dict) and default and isinstance(value, Mapping):
+            merged[key] = merge_config(default, value, where=f"{where}.{key}")
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def require_choice(value: Any, choices, name: str) -> Any:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value

@@ -1,0 +1,124 @@
+"""SuperSegmentation: one shared stride-8 encoder, four heads, one forward pass.
+
+Input: a float RGB batch in [0, 1], shape (B, 3, H, W) with H and W multiples of 8 (the extractor
+pads). ImageNet normalisation happens inside, so an exported ONNX graph takes the same input.
+
+Output dict:
+    logits        (B, 65, H/8, W/8)  detector cell logits, channel 64 = dustbin
+    heatmap       (B, H, W)          interest-point probability per pixel
+    descriptors   (B, D, H/8, W/8)   unit-norm descriptors, one per cell
+    segmentation  (B, M, H/4, W/4)   semantic class logits (absent with semantics=False)
+    offsets       (B, 2, H, W)       sub-pixel (dx, dy) in pixels, |.| <= subpixel_max_offset
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, merge_config, require_choice
+from ..semantics import default_semantics, validate_semantics
+from .encoders import ENCODERS, RESNET_LAYOUTS, as_state_dict, build_encoder, torchvision_key_report
+from .heads import CELL, DescriptorHead, DetectorHead, SemanticHead, SubpixelHead
+
+HEADS = ("detector", "descriptor", "semantic", "subpixel")
+
+DEFAULT_CONFIG = {
+    "encoder": "resnet18",        # resnet18 | resnet34 | resnet50 | vgg | mobilenet
+    "encoder_width": None,        # base width; None = the encoder's standard (64, mobilenet 32)
+    "input_channels": 3,
+    "head_channels": 256,         # hidden width of the detector, descriptor and sub-pixel heads
+    "descriptor_dim": 256,
+    "num_classes": 19,
+    "aspp_channels": 256,
+    "aspp_rates": [6, 12, 18],
+    "low_level_channels": 48,
+    "decoder_channels": 256,
+    "subpixel_max_offset": 1.0,   # pixels; the sub-pixel head can move a peak at most this far
+}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def model_config(overrides: dict | None = None) -> dict:
+    conf = merge_config(DEFAULT_CONFIG, overrides, where="model")
+    require_choice(conf["encoder"], ENCODERS, "model.encoder")
+    if conf["input_channels"] not in (1, 3):
+        raise ConfigError(f"model.input_channels must be 1 or 3, got {conf['input_channels']}")
+    for key in ("head_channels", "descriptor_dim", "num_classes", "aspp_channels",
+                "low_level_channels", "decoder_channels"):
+        if not isinstance(conf[key], int) or conf[key] < 1:
+            raise ConfigError(f"model.{key} must be a positive integer, got {conf[key]!r}")
+    if not float(conf["subpixel_max_offset"]) > 0:
+        raise ConfigError("model.subpixel_max_offset must be > 0")
+    return conf
+
+
+class SuperSegmentation(nn.Module):
+    def __init__(self, config: dict | None = None, semantics: dict | None = None):
+        super().__init__()
+        self.config = conf = model_config(config)
+        self.semantics = validate_semantics(semantics or default_semantics(), conf["num_classes"])
+        # Which heads hold trained weights. A fresh network has none; checkpoints say which.
+        self.trained_heads = {head: False for head in HEADS}
+        self.meta: dict = {}  # free-form provenance carried by checkpoints
+
+        self.encoder = build_encoder(conf["encoder"], conf["input_channels"],
+                                     conf["encoder_width"])
+        c, c_low, h = self.encoder.out_channels, self.encoder.low_level_channels, conf["head_channels"]
+        self.detector = DetectorHead(c, h)
+        self.descriptor = DescriptorHead(c, h, conf["descriptor_dim"])
+        self.semantic = SemanticHead(c, c_low, conf["num_classes"], conf["aspp_channels"],
+                                     conf["aspp_rates"], conf["low_level_channels"],
+                                     conf["decoder_channels"])
+        self.subpixel = SubpixelHead(c, h, conf["subpixel_max_offset"])
+
+        channels = conf["input_channels"]
+        mean = torch.tensor(IMAGENET_MEAN if channels == 3 else (0.449,)).view(1, channels, 1, 1)
+        std = torch.tensor(IMAGENET_STD if channels == 3 else (0.226,)).view(1, channels, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def forward(self, image: torch.Tensor, semantics: bool = True) -> dict:
+        h, w = image.shape[-2:]
+        if h % CELL or w % CELL:
+            raise ValueError(f"input height and width must be multiples of {CELL}, got {h}x{w} "
+                             "(use superseg_ros.Extractor, which pads)")
+        features, low_level = self.encoder((image - self.mean) / self.std)
+        logits, heatmap = self.detector(features)
+        out = {"logits": logits, "heatmap": heatmap, "descriptors": self.descriptor(features),
+               "offsets": self.subpixel(features)}
+        if semantics:
+            out["segmentation"] = self.semantic(features, low_level)
+        return out
+
+    def load_imagenet_encoder(self, source) -> dict:
+        """Load a torchvision ResNet ImageNet state dict (a path or a dict) into the encoder.
+
+        Returns {'missing': [...], 'unexpected': [...]} (torchvision's `fc.*` is unexpected and
+        ignored). Shape mismatches are an error: they mean the wrong architecture or width.
+        """
+        name = self.config["encoder"]
+        if name not in RESNET_LAYOUTS:
+            raise ConfigError(f"ImageNet initialisation needs a ResNet encoder, not '{name}'")
+        if not isinstance(source, dict):
+            try:
+                source = torch.load(source, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise ValueError(f"cannot read ImageNet weights from {source}: {exc}") from exc
+        usable, missing, unexpected, mismatch = torchvision_key_report(self.encoder,
+                                                                       as_state_dict(source))
+        if mismatch:
+            raise ValueError("ImageNet weights do not fit this encoder "
+                             f"({name}, width {self.encoder.conv1.out_channels}): "
+                             + "; ".join(mismatch[:5]) + (" ..." if len(mismatch) > 5 else ""))
+        self.encoder.load_state_dict(usable, strict=False)
+        return {"missing": missing, "unexpected": unexpected}
+
+
+__all__ = ["SuperSegmentation", "DEFAULT_CONFIG", "HEADS", "CELL", "model_config"]
