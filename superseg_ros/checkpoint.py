@@ -126,3 +126,42 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
 
 def untrained_heads(model: SuperSegmentation) -> list[str]:
     return [h for h in HEADS if not model.trained_heads.get(h, False)]
+
+
+BUNDLED_MODEL_NAME = "superseg.pt"
+RANDOM = "random"
+
+
+def bundled_model_path() -> Path | None:
+    """The default model shipped in models/: in the source tree, or installed by colcon."""
+    candidates = [Path(__file__).resolve().parent.parent / "models" / BUNDLED_MODEL_NAME]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        candidates.append(Path(get_package_share_directory("superseg_ros")) / "models"
+                          / BUNDLED_MODEL_NAME)
+    except Exception:  # not in a ROS environment, or the package is not installed there
+        pass
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def open_model(spec: str | None, device: str | torch.device = "cpu",
+               config: dict | None = None) -> tuple[SuperSegmentation, str]:
+    """`spec` is a checkpoint path, 'random', or None for the bundled model.
+
+    Returns (model, description); the description says plainly when weights are random.
+    """
+    if spec == RANDOM:
+        model = SuperSegmentation(config).to(device).eval()
+        return model, f"RANDOM WEIGHTS ({model.config['encoder']}, untrained: for tests only)"
+    if spec is None:
+        bundled = bundled_model_path()
+        if bundled is None:
+            raise CheckpointError(
+                f"no bundled model: models/{BUNDLED_MODEL_NAME} does not exist yet; pass a "
+                "checkpoint path, or 'random' for an untrained network (tests and demos only)")
+        spec = str(bundled)
+    if config:
+        raise ConfigError("a model config can only be given with 'random'; a checkpoint "
+                          "carries its own")
+    model = load_model(spec, device)
+    return model, f"{Path(spec).name} ({model.config['encoder']})"

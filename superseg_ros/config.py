@@ -42,3 +42,28 @@ def require_choice(value: Any, choices, name: str) -> Any:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
     return value
+
+
+def read_parameters(path, node: str = "superseg_node") -> dict:
+    """The `ros__parameters` of `node` in a ROS 2 parameter file (a plain mapping also works).
+
+    ROS wildcards (`/**`) are honoured, so the file the node reads is the file the CLIs read.
+    """
+    import yaml  # local: only the CLIs and the node read YAML
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read parameter file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for key in (node, f"/{node}", "/**"):
+        section = data.get(key)
+        if isinstance(section, dict) and "ros__parameters" in section:
+            return dict(section["ros__parameters"] or {})
+    if any(isinstance(v, dict) and "ros__parameters" in v for v in data.values()):
+        raise ConfigError(f"{path}: no parameters for node '{node}' (found: {', '.join(data)})")
+    return data

@@ -43,14 +43,14 @@ def nms_peaks(heatmap: torch.Tensor, radius: int) -> torch.Tensor:
 def top_k_peaks(scores: torch.Tensor, peaks: torch.Tensor, k: int):
     """Best `k` peaks per image, highest score first.
 
-    `k <= 0` keeps every peak. Images with fewer peaks are padded; `valid` marks the real ones.
+    `k <= 0` keeps every peak. K is the largest count in the batch (at most `k`); images with
+    fewer peaks are padded and `valid` marks the real ones.
     Returns (xy (B, K, 2) float, scores (B, K), flat index (B, K), valid (B, K)).
     """
     b, h, w = scores.shape
     flat = torch.where(peaks, scores, torch.full_like(scores, float("-inf"))).view(b, -1)
-    if k <= 0:
-        k = int(peaks.view(b, -1).sum(1).max().item()) if b else 0
-    k = min(k, h * w)
+    most = int(peaks.view(b, -1).sum(1).max().item()) if b else 0
+    k = most if k <= 0 else min(k, most)
     values, index = flat.topk(k, dim=1, sorted=True)
     valid = torch.isfinite(values)
     xy = torch.stack([index % w, torch.div(index, w, rounding_mode="floor")], -1).to(scores.dtype)

@@ -1,0 +1,1 @@
+"""Console entry points: superseg-extract, superseg-bench, superseg-export."""

@@ -1,0 +1,112 @@
+"""Checkpoints: round trip, fp16 storage, and clear errors for every way a file can be wrong."""
+
+import pytest
+import torch
+
+from superseg_ros.checkpoint import (CheckpointError, load_model, open_model, read_checkpoint,
+                                     save_checkpoint)
+from superseg_ros.config import ConfigError
+from superseg_ros.network import SuperSegmentation
+
+from conftest import TINY
+
+
+def outputs(model, x):
+    with torch.inference_mode():
+        return model.eval()(x)
+
+
+def test_round_trip_keeps_weights_config_tables_and_trained_heads(tmp_path, tiny_model):
+    heads = {"detector": True, "descriptor": True, "semantic": False, "subpixel": True}
+    path = save_checkpoint(tiny_model, tmp_path / "m.pt", trained_heads=heads,
+                           meta={"stage": "test"})
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp file left behind
+    loaded = load_model(path)
+    assert loaded.config == tiny_model.config and loaded.semantics == tiny_model.semantics
+    assert loaded.trained_heads == heads and loaded.meta == {"stage": "test"}
+    x = torch.rand(1, 3, 32, 40)
+    for key, value in outputs(tiny_model, x).items():
+        assert torch.equal(outputs(loaded, x)[key], value), key
+
+
+def test_fp16_storage_halves_the_file_and_loads_as_fp32(tmp_path):
+    model = SuperSegmentation({"encoder": "mobilenet"})
+    full = save_checkpoint(model, tmp_path / "full.pt")
+    half = save_checkpoint(model, tmp_path / "half.pt", half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_model(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(outputs(loaded, x)["heatmap"], outputs(model, x)["heatmap"],
+                               atol=2e-3, rtol=0)
+
+
+def test_truncated_file_names_the_file(tmp_path, tiny_model):
+    path = save_checkpoint(tiny_model, tmp_path / "m.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"m\.pt: not a readable checkpoint"):
+        load_model(path)
+
+
+def test_random_bytes_and_missing_files(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable checkpoint"):
+        load_model(junk)
+    with pytest.raises(CheckpointError, match="nope.pt: no such checkpoint file"):
+        load_model(tmp_path / "nope.pt")
+
+
+def test_foreign_files_are_recognised(tmp_path, tiny_model):
+    bare = tmp_path / "bare.pt"
+    torch.save(tiny_model.state_dict(), bare)
+    with pytest.raises(CheckpointError, match="bare state dict.*load_imagenet_encoder"):
+        load_model(bare)
+    other = tmp_path / "other.pt"
+    torch.save({"epoch": 3, "optimizer": {}}, other)
+    with pytest.raises(CheckpointError, match="not a superseg_ros checkpoint.*epoch"):
+        load_model(other)
+
+
+def test_code_in_a_pickle_is_not_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "superseg_ros.checkpoint", "x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        read_checkpoint(path)
+
+
+def edited(tmp_path, model, edit):
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    edit(payload)
+    torch.save(payload, path)
+    return path
+
+
+def test_wrong_version_config_key_table_and_weights(tmp_path, tiny_model):
+    cases = [
+        (lambda p: p.update(format_version=99), "format version 99 is not supported"),
+        (lambda p: p["model_config"].update(encodr="vgg"), "unknown model key 'encodr'"),
+        (lambda p: p["semantics"].update(class_to_group=[0] * 18), "predicts 19 classes"),
+        (lambda p: p["trained_heads"].pop("semantic"), "trained_heads must list"),
+        (lambda p: p["model_config"].update(descriptor_dim=64), "weights do not match.*wrong shape"),
+        (lambda p: p["state_dict"].pop("detector.out.bias"), "1 missing.*detector.out.bias"),
+        (lambda p: p.pop("state_dict"), "lacks state_dict"),
+    ]
+    for edit, message in cases:
+        with pytest.raises(CheckpointError, match=message):
+            load_model(edited(tmp_path, tiny_model, edit))
+
+
+def test_open_model_random_and_bundled(tmp_path, tiny_model):
+    model, name = open_model("random", config=TINY)
+    assert "RANDOM WEIGHTS" in name and not any(model.trained_heads.values())
+    path = save_checkpoint(tiny_model, tmp_path / "m.pt")
+    assert open_model(str(path))[1] == "m.pt (vgg)"
+    with pytest.raises(ConfigError, match="only be given with 'random'"):
+        open_model(str(path), config=TINY)
