@@ -175,16 +175,19 @@ class Extractor:
         peaks &= heatmap >= float(conf["detection_threshold"])
         peaks &= pp.inside_mask(sizes, heatmap.shape[-2:], int(conf["remove_borders"]))
 
-        stability_mask = group_map = group_prob = None
+        stability_mask = group_map = class_prob = None
         if self.semantic_active:
             # NMS ran on the raw heatmap first: masking before NMS would invent peaks at the
             # boundaries of dynamic objects.
-            group_prob = pp.group_probabilities(outputs["segmentation"].float(),
-                                                self.class_to_group, self.num_groups)
-            full = F.interpolate(group_prob, size=heatmap.shape[-2:], mode="bilinear",
-                                 align_corners=False)
-            stability_mask = full[:, self.stable_ids].sum(1) >= float(conf["mask_threshold"])
-            group_map = full.argmax(1).to(torch.uint8)
+            class_prob = outputs["segmentation"].float().softmax(1)
+            group_prob = pp.group_probabilities(class_prob, self.class_to_group, self.num_groups)
+            stable_prob = F.interpolate(group_prob[:, self.stable_ids].sum(1, keepdim=True),
+                                        size=heatmap.shape[-2:], mode="bilinear",
+                                        align_corners=False)[:, 0]
+            stability_mask = stable_prob >= float(conf["mask_threshold"])
+            # for display only: the most likely group of each stride-4 cell
+            group_map = pp.upsample_nearest(group_prob.argmax(1).to(torch.uint8), 4,
+                                            heatmap.shape[-2:])
             if not conf["keep_unstable"]:
                 peaks &= stability_mask
 
@@ -192,8 +195,7 @@ class Extractor:
         b, k = scores.shape
         if self.semantic_active:
             stable = pp.gather_pixels(stability_mask[:, None], index)[..., 0]
-            class_prob = pp.sample_bilinear(outputs["segmentation"].float().softmax(1), xy, 4)
-            labels = class_prob.argmax(-1)
+            labels = pp.sample_bilinear(class_prob, xy, 4).argmax(-1)
             groups = self.class_to_group[labels]
         else:
             stable = torch.ones(b, k, dtype=torch.bool, device=xy.device)

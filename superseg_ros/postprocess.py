@@ -36,7 +36,10 @@ def nms_peaks(heatmap: torch.Tensor, radius: int) -> torch.Tensor:
     """(B, H, W) bool: pixels that no pixel within `radius` (Chebyshev) strictly exceeds."""
     if radius <= 0:
         return torch.ones_like(heatmap, dtype=torch.bool)
-    pooled = F.max_pool2d(heatmap[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
+    # the max over a square is the max over rows of row maxima: two 1-D pools, same result
+    k = 2 * radius + 1
+    pooled = F.max_pool2d(heatmap[:, None], (1, k), stride=1, padding=(0, radius))
+    pooled = F.max_pool2d(pooled, (k, 1), stride=1, padding=(radius, 0))[:, 0]
     return heatmap >= pooled
 
 
@@ -85,8 +88,16 @@ def sample_bilinear(maps: torch.Tensor, xy: torch.Tensor, stride: int) -> torch.
             + (at(v1, u0) * (1 - du) + at(v1, u1) * du) * dv)
 
 
-def group_probabilities(segmentation_logits: torch.Tensor, class_to_group: torch.Tensor,
+def group_probabilities(class_prob: torch.Tensor, class_to_group: torch.Tensor,
                         num_groups: int) -> torch.Tensor:
-    """(B, M, h, w) class logits -> (B, G, h, w) probability of each stability group."""
-    membership = F.one_hot(class_to_group.long(), num_groups).to(segmentation_logits.dtype)
-    return torch.einsum("bmhw,mg->bghw", segmentation_logits.softmax(1), membership)
+    """(B, M, h, w) class probabilities -> (B, G, h, w) probability of each stability group."""
+    membership = F.one_hot(class_to_group.long(), num_groups).to(class_prob.dtype)
+    return torch.einsum("bmhw,mg->bghw", class_prob, membership)
+
+
+def upsample_nearest(labels: torch.Tensor, stride: int, shape) -> torch.Tensor:
+    """(B, h, w) per-cell labels -> (B, H, W): each pixel takes the label of the cell it is in."""
+    b, h, w = labels.shape
+    full = labels[:, :, None, :, None].expand(b, h, stride, w, stride).reshape(b, h * stride,
+                                                                               w * stride)
+    return full[:, :shape[0], :shape[1]]
