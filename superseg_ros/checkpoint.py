@@ -7,12 +7,12 @@ Files are read with `weights_only=True`: a checkpoint is data, never code to exe
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .config import ConfigError
+from .fileio import write_atomically
 from .network import HEADS, SuperSegmentation, model_config
 from .semantics import validate_semantics
 
@@ -43,20 +43,7 @@ def save_checkpoint(model: SuperSegmentation, path: str | os.PathLike, *,
         "trained_heads": {h: bool(heads.get(h, False)) for h in HEADS},
         "state_dict": state, "meta": dict(meta or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomically(path, lambda f: torch.save(payload, f))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

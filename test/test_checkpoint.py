@@ -110,3 +110,13 @@ def test_open_model_random_and_bundled(tmp_path, tiny_model):
     assert open_model(str(path))[1] == "m.pt (vgg)"
     with pytest.raises(ConfigError, match="only be given with 'random'"):
         open_model(str(path), config=TINY)
+
+
+def test_saved_files_get_normal_permissions(tmp_path, tiny_model):
+    import os
+    umask = os.umask(0o022)
+    try:
+        path = save_checkpoint(tiny_model, tmp_path / "m.pt")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
