@@ -186,7 +186,7 @@ class Extractor:
                                         align_corners=False)[:, 0]
             stability_mask = stable_prob >= float(conf["mask_threshold"])
             # for display only: the most likely group of each stride-4 cell
-            group_map = pp.upsample_nearest(group_prob.argmax(1).to(torch.uint8), 4,
+            group_map = pp.upsample_nearest(group_prob.max(1).indices.to(torch.uint8), 4,
                                             heatmap.shape[-2:])
             if not conf["keep_unstable"]:
                 peaks &= stability_mask
