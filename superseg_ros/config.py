@@ -34,8 +34,27 @@ def merge_config(defaults: Mapping[str, Any], overrides: Mapping[str, Any] | Non
         if isinstance(default, dict) and default and isinstance(value, Mapping):
             merged[key] = merge_config(default, value, where=f"{where}.{key}")
         else:
-            merged[key] = copy.deepcopy(value)
+            merged[key] = checked_type(value, default, f"{where}.{key}")
     return merged
+
+
+def checked_type(value: Any, default: Any, name: str) -> Any:
+    """`value` if it has the default's type (an int is accepted for a float); None = any."""
+    if default is None or value is None:
+        return copy.deepcopy(value)
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+        value = float(value) if ok else value
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"{name} must be {type(default).__name__} (like {default!r}), "
+                          f"got {value!r}")
+    return copy.deepcopy(value)
 
 
 def require_choice(value: Any, choices, name: str) -> Any:

@@ -68,7 +68,7 @@ class Features:
     stability_mask: torch.Tensor | None = None  # (B, H, W) bool, None when semantics are off
     group_map: torch.Tensor | None = None       # (B, H, W) uint8 most likely group per pixel
     semantic_active: bool = False
-    extras: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)  # rejected_keypoints: ((B, R, 2), valid (B, R))
 
     def unbatch(self) -> list[dict]:
         """Per image: numpy arrays with only the valid keypoints, masks cropped to the image."""
@@ -86,6 +86,9 @@ class Features:
             if self.stability_mask is not None:
                 item["stability_mask"] = self.stability_mask[i, :h, :w].cpu().numpy()
                 item["group_map"] = self.group_map[i, :h, :w].cpu().numpy()
+            if "rejected_keypoints" in self.extras:
+                xy, valid = self.extras["rejected_keypoints"]
+                item["rejected_keypoints"] = xy[i][valid[i]].float().cpu().numpy()
             out.append(item)
         return out
 
@@ -176,6 +179,7 @@ class Extractor:
         peaks &= pp.inside_mask(sizes, heatmap.shape[-2:], int(conf["remove_borders"]))
 
         stability_mask = group_map = class_prob = None
+        extras = {}
         if self.semantic_active:
             # NMS ran on the raw heatmap first: masking before NMS would invent peaks at the
             # boundaries of dynamic objects.
@@ -189,6 +193,10 @@ class Extractor:
             group_map = pp.upsample_nearest(group_prob.max(1).indices.to(torch.uint8), 4,
                                             heatmap.shape[-2:])
             if not conf["keep_unstable"]:
+                # the best removed peaks, so overlays can show what the filter rejected
+                rejected_xy, _, _, rejected_valid = pp.top_k_peaks(
+                    heatmap, peaks & ~stability_mask, int(conf["max_keypoints"]))
+                extras["rejected_keypoints"] = (rejected_xy, rejected_valid)
                 peaks &= stability_mask
 
         xy, scores, index, valid = pp.top_k_peaks(heatmap, peaks, int(conf["max_keypoints"]))
@@ -215,7 +223,7 @@ class Extractor:
             labels=labels.masked_fill(zero, UNKNOWN), groups=groups.masked_fill(zero, UNKNOWN),
             stable=stable & valid, valid=valid, image_sizes=sizes,
             stability_mask=stability_mask, group_map=group_map,
-            semantic_active=self.semantic_active)
+            semantic_active=self.semantic_active, extras=extras)
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

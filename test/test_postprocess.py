@@ -12,35 +12,9 @@ import torch.nn.functional as F
 
 from superseg_ros import postprocess as pp
 from superseg_ros.extractor import UNKNOWN, Extractor, SemanticHeadUntrained
-from superseg_ros.network import SuperSegmentation
 from superseg_ros.semantics import DYNAMIC, STATIC
 
-from conftest import TINY
-
-CAR, BUILDING = 13, 2
-
-
-class ImageAsHeatmap(SuperSegmentation):
-    """Heatmap = channel 0 of the input; offsets, descriptors and class logits set by the test."""
-
-    def __init__(self, offset=(0.0, 0.0), class_left=BUILDING, class_right=BUILDING):
-        super().__init__(TINY)
-        self.offset, self.classes = offset, (class_left, class_right)
-        self.trained_heads = {h: True for h in self.trained_heads}
-
-    def forward(self, image, semantics=True):
-        b, _, h, w = image.shape
-        gen = torch.Generator().manual_seed(1)
-        desc = F.normalize(torch.randn(b, 32, h // 8, w // 8, generator=gen), dim=1)
-        offsets = torch.tensor(self.offset, dtype=torch.float32).view(1, 2, 1, 1).expand(b, 2, h, w)
-        out = {"heatmap": image[:, 0], "descriptors": desc, "offsets": offsets.clone()}
-        if semantics:
-            seg = torch.zeros(b, 19, h // 4, w // 4)
-            seg[:, self.classes[0], :, : w // 8] = 10.0   # left half of the image
-            seg[:, self.classes[1], :, w // 8:] = 10.0    # right half
-            out["segmentation"] = seg
-        return out
-
+from conftest import BUILDING, CAR, ImageAsHeatmap
 
 def image_with_peaks(h, w, peaks):
     img = np.zeros((h, w), np.float32)
@@ -168,6 +142,7 @@ def test_keypoints_on_dynamic_regions_are_dropped():
     mask = out["stability_mask"]
     assert mask.shape == (48, 80) and not mask[:, :36].any() and mask[:, 44:].all()
     assert (out["group_map"][:, :36] == DYNAMIC).all()
+    np.testing.assert_array_equal(out["rejected_keypoints"], [[10, 20], [20, 30]])
 
 
 def test_keep_unstable_flags_instead_of_dropping():
