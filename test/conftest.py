@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from superseg_ros.network import SuperSegmentation
 
@@ -18,3 +19,28 @@ def tiny_model():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+CAR, BUILDING = 13, 2
+
+
+class ImageAsHeatmap(SuperSegmentation):
+    """Heatmap = channel 0 of the input; offsets, descriptors and class logits set by the test."""
+
+    def __init__(self, offset=(0.0, 0.0), class_left=BUILDING, class_right=BUILDING):
+        super().__init__(TINY)
+        self.offset, self.classes = offset, (class_left, class_right)
+        self.trained_heads = {h: True for h in self.trained_heads}
+
+    def forward(self, image, semantics=True):
+        b, _, h, w = image.shape
+        gen = torch.Generator().manual_seed(1)
+        desc = F.normalize(torch.randn(b, 32, h // 8, w // 8, generator=gen), dim=1)
+        offsets = torch.tensor(self.offset, dtype=torch.float32).view(1, 2, 1, 1).expand(b, 2, h, w)
+        out = {"heatmap": image[:, 0], "descriptors": desc, "offsets": offsets.clone()}
+        if semantics:
+            seg = torch.zeros(b, 19, h // 4, w // 4)
+            seg[:, self.classes[0], :, : w // 8] = 10.0   # left half of the image
+            seg[:, self.classes[1], :, w // 8:] = 10.0    # right half
+            out["segmentation"] = seg
+        return out
