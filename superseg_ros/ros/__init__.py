@@ -1,0 +1,1 @@
+"""ROS 2 layer: everything that imports rclpy lives here."""

@@ -1,0 +1,333 @@
+"""superseg_node: a camera stream in, semantically filtered sub-pixel keypoints out.
+
+Topics (relative names: remap them or set a namespace)
+    in   image (sensor_msgs/Image), or image/compressed with use_compressed:=true
+         camera_info (sensor_msgs/CameraInfo), paired with the image by time stamp
+    out  superseg/keypoints       superseg_msgs/Keypoints     (header = the input image's)
+         superseg/descriptors     superseg_msgs/Descriptors   (row i = keypoint i)
+         superseg/stability_mask  superseg_msgs/StabilityMask
+         superseg/mask            sensor_msgs/Image mono8, 255 = stable      (for RViz)
+         superseg/groups          sensor_msgs/Image bgr8, colour per group   (for RViz)
+         superseg/overlay         sensor_msgs/Image bgr8, green o stable, red x rejected
+         /diagnostics             latency, rate, skipped and failed frames
+
+Image -> FrameProcessor (resize, network, post-processing, back to input pixels) -> messages.
+Subscription callbacks only queue the newest pair; one worker thread processes it, so a slow
+network skips frames (counted) instead of building up latency.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from superseg_msgs.msg import Descriptors, Keypoints, StabilityMask
+
+from ..checkpoint import CheckpointError, open_model
+from ..config import ConfigError
+from ..extractor import Extractor
+from ..frame_processor import FrameProcessor
+from ..visualize import colorize_groups, draw_keypoints
+from . import messages
+from .camera_model import CameraInfoError, CameraModel
+from .image_conversion import ImageConversionError, compressed_to_array, convert_image, make_image
+from .latest_frame import LatestFrame
+from .loopback import apply_loopback_environment
+from .parameters import (NODE_NAME, flatten, node_settings, ros_builtin_parameter,
+                         runtime_changeable)
+from .time_sync import ApproximateTimeSync, message_filters_available
+
+WINDOW = 100  # frames kept for latency percentiles
+
+
+class SuperSegNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, automatically_declare_parameters_from_overrides=True,
+                         **kwargs)
+        self._stop, self._worker = threading.Event(), None
+        given = {name: p.value for name, p in self.get_parameters_by_prefix("").items()
+                 if not ros_builtin_parameter(name)}
+        self.settings = settings = node_settings(given)  # ConfigError names a wrong key/value
+        for name, value in flatten(settings).items():
+            if not self.has_parameter(name):
+                self.declare_parameter(name, value)
+
+        model, self.model_name = open_model(settings["model"] or None)
+        self.processor = FrameProcessor(
+            Extractor(model, settings["extractor"], device=settings["device"]),
+            settings["max_side"], settings["scale"])
+        extractor = self.processor.extractor
+        self.get_logger().info(f"model {self.model_name} on {extractor.device}")
+        if extractor.semantic_note:
+            self.get_logger().warning(extractor.semantic_note)
+
+        depth = settings["qos"]["depth"]
+        # reliable publishers match both reliable and best-effort subscribers (RViz, VO)
+        out_qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub = {
+            "keypoints": self.create_publisher(Keypoints, "superseg/keypoints", out_qos),
+            "descriptors": self.create_publisher(Descriptors, "superseg/descriptors", out_qos),
+            "stability_mask": self.create_publisher(StabilityMask, "superseg/stability_mask",
+                                                    out_qos),
+            "mask_image": self.create_publisher(Image, "superseg/mask", out_qos),
+            "group_image": self.create_publisher(Image, "superseg/groups", out_qos),
+            "overlay": self.create_publisher(Image, "superseg/overlay", out_qos),
+        }
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        self.slot = LatestFrame()
+        self.counts = collections.Counter()
+        self.latency_ms = collections.deque(maxlen=WINDOW)     # header stamp -> published
+        self.processing_ms = collections.deque(maxlen=WINDOW)  # dequeued -> published
+        self._logged_errors: set[str] = set()
+        self._camera_cache: tuple | None = None
+        self._info_seen, self._first_image_time = False, None
+        self._create_inputs()
+
+        self._worker = threading.Thread(target=self._work, name="superseg_worker", daemon=True)
+        self._worker.start()
+        self._last_diag = (time.monotonic(), 0)
+        self.create_timer(settings["diagnostics_period"], self._publish_diagnostics)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # ------------------------------------------------------------------------------------ input
+    def _create_inputs(self):
+        s = self.settings
+        compressed = s["use_compressed"]
+        image_type, image_topic = (CompressedImage, "image/compressed") if compressed \
+            else (Image, "image")
+        qos = qos_profile_sensor_data if s["qos"]["profile"] == "sensor_data" else \
+            QoSProfile(depth=s["qos"]["depth"], reliability=ReliabilityPolicy.RELIABLE)
+        if qos is qos_profile_sensor_data:
+            qos = QoSProfile(depth=s["qos"]["depth"], reliability=qos.reliability,
+                             durability=qos.durability, history=qos.history)
+        queue, slop = s["sync"]["queue_size"], s["sync"]["slop"]
+        if message_filters_available():
+            import message_filters
+
+            image_sub = message_filters.Subscriber(self, image_type, image_topic,
+                                                   qos_profile=qos)
+            info_sub = message_filters.Subscriber(self, CameraInfo, "camera_info",
+                                                  qos_profile=qos)
+            self.sync = message_filters.ApproximateTimeSynchronizer([image_sub, info_sub],
+                                                                    queue, slop)
+            self.sync.registerCallback(self._on_pair)
+            image_sub.registerCallback(self._on_image)
+            info_sub.registerCallback(self._on_info)
+            self._filters = (image_sub, info_sub)  # keep them alive
+            self.sync_name = "message_filters"
+        else:
+            self.sync = ApproximateTimeSync(2, queue, slop, callback=self._on_pair)
+            self.create_subscription(image_type, image_topic, self._on_image_own, qos)
+            self.create_subscription(CameraInfo, "camera_info", self._on_info_own, qos)
+            self.sync_name = "built-in approximate-time synchroniser"
+        self.get_logger().info(
+            f"listening on {self.resolve_topic_name(image_topic)} + "
+            f"{self.resolve_topic_name('camera_info')} ({self.sync_name}, slop {slop} s)")
+
+    def _on_image_own(self, msg):
+        self.sync.add(0, msg)
+        self._on_image(msg)
+
+    def _on_info_own(self, msg):
+        self.sync.add(1, msg)
+        self._on_info(msg)
+
+    def _on_image(self, msg):
+        self.counts["received"] += 1
+        if self._info_seen:
+            return  # the synchroniser delivers it with its CameraInfo
+        now = time.monotonic()
+        self._first_image_time = self._first_image_time or now
+        timeout = self.settings["sync"]["camera_info_timeout"]
+        if now - self._first_image_time >= timeout:
+            self._log_once("no_camera_info", f"no CameraInfo on "
+                           f"{self.resolve_topic_name('camera_info')} after {timeout} s: "
+                           "publishing keypoints without normalised coordinates (NaN)")
+            self.counts["without_camera_info"] += 1
+            self.slot.put((msg, None))
+
+    def _on_info(self, msg):
+        self._info_seen = True
+
+    def _on_pair(self, image_msg, info_msg):
+        self.slot.put((image_msg, info_msg))
+
+    # ------------------------------------------------------------------------------- processing
+    def _work(self):
+        while not self._stop.is_set():
+            item = self.slot.take(timeout=0.2)
+            if item is None:
+                continue
+            try:
+                self._process(*item)
+            except (ImageConversionError, CameraInfoError, ValueError) as exc:
+                self._count_error("bad_input", f"dropped a frame: {exc}")
+            except Exception as exc:  # keep serving; the next good frame is processed
+                self._count_error("internal", f"dropped a frame: {type(exc).__name__}: {exc}")
+
+    def _process(self, image_msg, info_msg):
+        start = time.perf_counter()
+        processor = self.processor  # parameter changes swap it atomically
+        if isinstance(image_msg, CompressedImage):
+            image = compressed_to_array(image_msg)
+        else:
+            image = convert_image(image_msg)
+        camera = self._camera(info_msg) if info_msg is not None else None
+        result = processor.process(image, camera)
+        height, width = image.shape[:2]
+        header, publish = image_msg.header, self.settings["publish"]
+        extractor = processor.extractor
+
+        if publish["keypoints"]:
+            self.pub["keypoints"].publish(messages.keypoints_msg(result, header, width, height))
+        if publish["descriptors"]:
+            self.pub["descriptors"].publish(messages.descriptors_msg(result, header))
+        if result.stability_mask is not None:
+            if publish["stability_mask"]:
+                self.pub["stability_mask"].publish(messages.stability_mask_msg(
+                    result, header, self.processor.extractor.model.semantics["groups"],
+                    extractor.stable_ids, extractor.config["mask_threshold"]))
+            if publish["mask_image"]:
+                self.pub["mask_image"].publish(messages.mask_image(result, header))
+            if publish["group_image"]:
+                self.pub["group_image"].publish(
+                    make_image(colorize_groups(result.group_map), "bgr8", header))
+        if publish["overlay"]:
+            self.pub["overlay"].publish(make_image(self._overlay(image, result), "bgr8", header))
+
+        self.counts["processed"] += 1
+        self.processing_ms.append((time.perf_counter() - start) * 1e3)
+        stamp = header.stamp.sec + header.stamp.nanosec * 1e-9
+        now = self.get_clock().now().nanoseconds * 1e-9
+        self.latency_ms.append((now - stamp) * 1e3)
+
+    def _camera(self, info_msg) -> CameraModel:
+        key = (tuple(info_msg.k), tuple(info_msg.d), info_msg.distortion_model,
+               info_msg.width, info_msg.height)
+        if self._camera_cache is None or self._camera_cache[0] != key:
+            self._camera_cache = (key, CameraModel.from_camera_info(info_msg))
+        return self._camera_cache[1]
+
+    def _overlay(self, image: np.ndarray, result) -> np.ndarray:
+        if image.dtype == np.uint16:
+            image = (image >> 8).astype(np.uint8)
+        points = np.vstack([result.keypoints, result.rejected])
+        stable = np.concatenate([result.stable, np.zeros(len(result.rejected), bool)])
+        if result.stability_mask is None:
+            title = f"{len(result.keypoints)} keypoints (semantic filter off)"
+        else:
+            title = (f"{int(result.stable.sum())} stable, "
+                     f"{len(points) - int(result.stable.sum())} rejected")
+        return draw_keypoints(image, points, stable, f"{self.model_name} | {title}")
+
+    def _count_error(self, kind: str, message: str):
+        self.counts["errors"] += 1
+        self.counts[f"errors_{kind}"] += 1
+        self._log_once(message, message, error=True)
+
+    def _log_once(self, key: str, message: str, error: bool = False):
+        """Each distinct problem is logged once; repeats are only counted (see /diagnostics)."""
+        if key in self._logged_errors:
+            return
+        if len(self._logged_errors) < 1000:
+            self._logged_errors.add(key)
+        (self.get_logger().error if error else self.get_logger().warning)(message)
+
+    # -------------------------------------------------------------------------- runtime changes
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        changes = {p.name: p.value for p in params if not ros_builtin_parameter(p.name)}
+        fixed = sorted(n for n in changes if not runtime_changeable(n))
+        if fixed:
+            return SetParametersResult(successful=False, reason=(
+                f"{', '.join(fixed)} cannot change while the node runs; restart it"))
+        try:
+            settings = node_settings({**flatten(self.settings), **changes})
+            extractor = Extractor(self.processor.extractor.model, settings["extractor"],
+                                  device=self.processor.extractor.device)
+            processor = FrameProcessor(extractor, settings["max_side"], settings["scale"])
+        except ConfigError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.settings, self.processor = settings, processor
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------------------ diagnostics
+    def diagnostics(self) -> dict:
+        now, processed = time.monotonic(), self.counts["processed"]
+        then, processed_then = self._last_diag
+        self._last_diag = (now, processed)
+        values = {
+            "model": self.model_name, "device": str(self.processor.extractor.device),
+            "semantic_filter": "on" if self.processor.extractor.semantic_active else "off",
+            "synchroniser": self.sync_name,
+            "rate_hz": f"{(processed - processed_then) / max(now - then, 1e-6):.2f}",
+            "frames_received": self.counts["received"], "frames_processed": processed,
+            "frames_skipped": self.slot.skipped,
+            "frames_without_camera_info": self.counts["without_camera_info"],
+            "sync_dropped": getattr(self.sync, "dropped", "n/a"),
+            "errors": self.counts["errors"],
+            "errors_bad_input": self.counts["errors_bad_input"],
+            "errors_internal": self.counts["errors_internal"],
+        }
+        for name, window in (("latency_ms", self.latency_ms),
+                             ("processing_ms", self.processing_ms)):
+            if window:
+                p50, p95 = np.percentile(np.asarray(window), [50, 95])
+                values[f"{name}_p50"], values[f"{name}_p95"] = f"{p50:.1f}", f"{p95:.1f}"
+        return values
+
+    def _publish_diagnostics(self):
+        values = self.diagnostics()
+        errors_before = getattr(self, "_errors_reported", 0)
+        self._errors_reported = self.counts["errors"]
+        if self.counts["errors"] > errors_before:
+            level, message = DiagnosticStatus.WARN, "dropped malformed frames (see errors)"
+        elif self.counts["processed"] == 0:
+            level, message = DiagnosticStatus.OK, "waiting for images"
+        else:
+            level, message = DiagnosticStatus.OK, "processing"
+        status = DiagnosticStatus(
+            level=level, name=f"{self.get_fully_qualified_name()}: keypoint extraction",
+            message=message, hardware_id=values["device"],
+            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(array)
+
+    def destroy_node(self):
+        self._stop.set()
+        if self._worker is not None:  # None when __init__ failed (rclpy still destroys us)
+            self.slot.close()
+            self._worker.join(timeout=5)
+        return super().destroy_node()
+
+
+def main(args=None) -> int:
+    # Localhost-only discovery unless the user chose a range (multi-machine setups set it).
+    if not os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE"):
+        apply_loopback_environment()
+    rclpy.init(args=args)
+    try:
+        node = SuperSegNode()
+    except (ConfigError, CheckpointError) as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        return 2
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
