@@ -1,33 +1,56 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv idempotently.
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv and build the
+# colcon workspace (install/) idempotently.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.installed
+BUILT  := install/.built
 # torch is pinned here, not in setup.py: this machine has the CPU 2.13.0 wheel on disk, while GPU
 # users install the CUDA build they need.
 TORCH  := torch==2.13.0
 DEMO_OUT ?= demo_output
+# Runs a command with .venv + install/ sourced and DDS confined to loopback.
+ROS_ENV := tools/ros_env.sh
 
-.PHONY: all setup test demo bench clean
-all: setup
+.PHONY: all setup build test demo bench clean
+all: build
 
-$(STAMP): setup.py requirements-dev.txt
+$(STAMP): setup.py requirements-dev.txt requirements-ros.txt tools/patch_rosidl_paths.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PIP) $(TORCH)
+	$(PIP) -r requirements-dev.txt
+	$(PIP) -r requirements-ros.txt
+	$(PIP) --no-deps -e .
+	# The ROS wheels hard-code their build machine's Python include paths: point them here.
+	$(BIN)/python tools/patch_rosidl_paths.py
 	touch $@
 
 setup: $(STAMP)
 
-test: setup
-	$(BIN)/python -m pytest -q test
+# Both packages: colcon does not descend into a folder that is itself a package, hence the two
+# base paths. --symlink-install links install/ to the sources instead of copying them (no stale
+# copy). The ROS wheels are in the venv, so it is the underlay (AMENT_PREFIX_PATH).
+# Python sources need no rebuild (symlinked); new data files and message changes do.
+WS_INPUTS := package.xml setup.py setup.cfg superseg_msgs/package.xml superseg_msgs/CMakeLists.txt \
+             $(wildcard superseg_msgs/msg/*.msg config/* launch/* models/*)
+$(BUILT): $(STAMP) $(WS_INPUTS)
+	AMENT_PREFIX_PATH=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(BIN):$$PATH \
+	    $(BIN)/colcon build --symlink-install --base-paths . superseg_msgs
+	touch $@
 
-demo: setup
-	$(BIN)/python -m superseg_ros.demo --output $(DEMO_OUT)
+build: $(BUILT)
 
-bench: setup
-	$(BIN)/superseg-bench
+test: build
+	$(ROS_ENV) $(BIN)/python -m pytest -q test
+
+# make demo [INPUT=your.bag|image_folder|video|cityscapes_sequence_folder]
+demo: build
+	$(ROS_ENV) $(BIN)/python -m superseg_ros.demo --output $(DEMO_OUT) $(if $(INPUT),--input $(INPUT))
+
+bench: build
+	$(ROS_ENV) $(BIN)/superseg-bench
+	$(ROS_ENV) $(BIN)/superseg-bench-node
 
 clean:
 	rm -rf $(DEMO_OUT) build install log .pytest_cache

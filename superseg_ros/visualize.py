@@ -48,8 +48,17 @@ def draw_keypoints(image_rgb: np.ndarray, keypoints: np.ndarray, stable: np.ndar
 
 
 def put_title(canvas: np.ndarray, text: str) -> None:
+    """White text on a black band at the top; shrinks, then wraps at ' | ', to fit the width."""
+    font, width = cv2.FONT_HERSHEY_SIMPLEX, canvas.shape[1] - 10
     scale = max(0.4, canvas.shape[1] / 1400)
-    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    cv2.rectangle(canvas, (0, 0), (min(canvas.shape[1], w + 10), h + base + 8), (0, 0, 0), -1)
-    cv2.putText(canvas, text, (5, h + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    lines = [text]
+    if cv2.getTextSize(text, font, scale, 1)[0][0] > width:
+        lines = text.split(" | ")
+        longest = max(lines, key=lambda line: cv2.getTextSize(line, font, scale, 1)[0][0])
+        scale = max(0.3, scale * width / max(1, cv2.getTextSize(longest, font, scale, 1)[0][0]))
+    (_, h), base = cv2.getTextSize(text, font, scale, 1)
+    step = h + base + 4
+    cv2.rectangle(canvas, (0, 0), (canvas.shape[1], step * len(lines) + 4), (0, 0, 0), -1)
+    for i, line in enumerate(lines):
+        cv2.putText(canvas, line, (5, h + 4 + i * step), font, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)

@@ -1,8 +1,11 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+import ros_helpers  # imported first thing so every test process applies loopback-only DDS
 from superseg_ros.network import SuperSegmentation
 
 # Small widths keep every test on the CPU fast while exercising the same code paths.
@@ -44,3 +47,21 @@ class ImageAsHeatmap(SuperSegmentation):
             seg[:, self.classes[1], :, w // 8:] = 10.0    # right half
             out["segmentation"] = seg
         return out
+
+
+# --- ROS 2 ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rclpy_node():
+    """A node on its own initialised rclpy context (`rclpy_node.context`), loopback DDS only;
+    node and context are shut down after the test."""
+    rclpy = ros_helpers.import_rclpy()
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node(f"superseg_test_{os.getpid()}", context=context)
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 
 from ..frame_processor import FrameResult
 from .image_conversion import make_image
+
+
+def as_array(values: np.ndarray, typecode: str) -> array.array:
+    """rclpy copies an array.array of the field's typecode as is, but converts a numpy array
+    element by element (256k descriptor floats: ~30 ms vs ~0.1 ms)."""
+    dtype = {"f": np.float32, "B": np.uint8}[typecode]
+    out = array.array(typecode)
+    out.frombytes(np.ascontiguousarray(values, dtype).tobytes())
+    return out
 
 
 def keypoints_msg(result: FrameResult, header, width: int, height: int):
@@ -13,13 +24,12 @@ def keypoints_msg(result: FrameResult, header, width: int, height: int):
 
     msg = Keypoints(header=header, width=int(width), height=int(height))
     xy, normalized = result.keypoints, result.normalized
-    msg.x, msg.y = np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1])
-    msg.score = np.ascontiguousarray(result.scores, np.float32)
-    msg.class_id = np.ascontiguousarray(result.labels, np.uint8)
-    msg.group_id = np.ascontiguousarray(result.groups, np.uint8)
+    msg.x, msg.y = as_array(xy[:, 0], "f"), as_array(xy[:, 1], "f")
+    msg.score = as_array(result.scores, "f")
+    msg.class_id, msg.group_id = as_array(result.labels, "B"), as_array(result.groups, "B")
     msg.stable = result.stable.tolist()  # bool[] is a Python list in rclpy
-    msg.x_normalized = np.ascontiguousarray(normalized[:, 0])
-    msg.y_normalized = np.ascontiguousarray(normalized[:, 1])
+    msg.x_normalized = as_array(normalized[:, 0], "f")
+    msg.y_normalized = as_array(normalized[:, 1], "f")
     return msg
 
 
@@ -28,7 +38,7 @@ def descriptors_msg(result: FrameResult, header):
 
     count, dim = result.descriptors.shape
     return Descriptors(header=header, dimension=dim, count=count,
-                       data=np.ascontiguousarray(result.descriptors, np.float32).reshape(-1))
+                       data=as_array(result.descriptors, "f"))
 
 
 def stability_mask_msg(result: FrameResult, header, group_names, stable_groups, threshold):
@@ -36,7 +46,7 @@ def stability_mask_msg(result: FrameResult, header, group_names, stable_groups, 
 
     return StabilityMask(header=header, mask=mask_image(result, header),
                          group_names=list(group_names),
-                         stable_groups=np.asarray(stable_groups, np.uint8),
+                         stable_groups=as_array(stable_groups, "B"),
                          threshold=float(threshold))
 
 

@@ -1,0 +1,114 @@
+"""Helpers for tests that start ROS 2. Importing this module makes the process loopback-safe.
+
+Every ROS participant started by the tests (in this process or a child) gets the loopback-only DDS
+settings of superseg_ros.ros.loopback, which are applied to os.environ on import, before anything
+can call rclpy.init(). Nothing here imports rclpy at module level.
+
+ROS_DOMAIN_ID: one per test session, 1 + pid % 100 (unless already set), so two test runs on one
+machine do not see each other's topics. Domains 0-101 are the range where Fast DDS's UDP ports
+(7400 + 250 * domain + ...) stay below Linux's ephemeral ports; 0 is skipped because it is every
+ROS tool's default.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from superseg_ros.ros.loopback import apply_loopback_environment, require_loopback
+
+REPO = Path(__file__).resolve().parents[1]
+
+apply_loopback_environment()
+os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+require_loopback()
+
+
+def require_workspace() -> None:
+    """Fail with instructions unless superseg_msgs is built and this process runs in its env."""
+    try:
+        import superseg_msgs.msg  # noqa: F401
+        from ament_index_python.packages import get_package_prefix
+
+        get_package_prefix("superseg_msgs")
+        return
+    except Exception as e:  # ImportError, PackageNotFoundError
+        problem = e
+    pytest.fail(f"the colcon workspace is not in this environment ({problem}); run the tests with "
+                "`make test` or `tools/ros_env.sh python -m pytest test`", pytrace=False)
+
+
+def import_rclpy():
+    """rclpy, imported only after checking that DDS stays on loopback and the workspace is set."""
+    require_loopback()
+    require_workspace()
+    import rclpy
+
+    return rclpy
+
+
+@dataclass
+class ChildProcess:
+    popen: subprocess.Popen
+    log_path: Path
+
+    def output(self) -> str:
+        """Everything the child wrote so far (stdout and stderr)."""
+        return self.log_path.read_text(errors="replace")
+
+
+def stop_process(popen: subprocess.Popen, grace: float = 3.0) -> None:
+    """SIGINT (clean rclpy shutdown), then SIGTERM, then SIGKILL, each with a bounded wait."""
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+        if popen.poll() is not None:
+            return
+        popen.send_signal(sig)
+        try:
+            popen.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@contextmanager
+def python_process(args, log_path, *, cwd=None, env=None):
+    """Run `python -c CODE` (args = ["-c", CODE, ...]) or `python -m MOD ...` as a child.
+
+    The child gets this process's environment (the workspace, as sourced by tools/ros_env.sh) plus
+    the loopback-only DDS settings; its stdout and stderr go to `log_path`. It is stopped on exit
+    from the block, whatever happened inside.
+    """
+    from superseg_ros.ros.loopback import loopback_environment
+
+    child_env = loopback_environment(os.environ if env is None else env)
+    require_loopback(child_env)
+    child_env["PYTHONUNBUFFERED"] = "1"  # the log is readable while the child runs
+    log_path = Path(log_path)
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, cwd=cwd or REPO, env=child_env)
+    try:
+        yield ChildProcess(popen, log_path)
+    finally:
+        stop_process(popen)
+
+
+def spin_until(node, predicate, timeout: float) -> bool:
+    """Spin `node` until predicate() is true or `timeout` seconds pass; return predicate()."""
+    import rclpy.executors
+
+    executor = rclpy.executors.SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    try:
+        deadline = time.monotonic() + timeout
+        while not predicate() and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        return predicate()
+    finally:
+        executor.remove_node(node)
+        executor.shutdown()

@@ -1,0 +1,232 @@
+"""superseg_node in its own process, driven over real DDS on loopback.
+
+One node process (a tiny checkpoint, network at half scale) serves every test here; the test
+process publishes Image + CameraInfo and checks what comes back against the same FrameProcessor
+run in-process on the same checkpoint.
+"""
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+import ros_helpers
+from superseg_ros.checkpoint import load_model, save_checkpoint
+from superseg_ros.demo import render_scene
+from superseg_ros.extractor import Extractor
+from superseg_ros.frame_processor import FrameProcessor
+from superseg_ros.network import SuperSegmentation
+
+from conftest import TINY
+
+rclpy = ros_helpers.import_rclpy()
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from superseg_msgs.msg import Descriptors, Keypoints  # noqa: E402
+
+from superseg_ros.ros.image_conversion import make_image  # noqa: E402
+
+K = [180.0, 0.0, 150.0, 0.0, 185.0, 100.0, 0.0, 0.0, 1.0]
+D = [-0.2, 0.05, 0.001, -0.002, 0.0]
+EXTRACTOR = {"max_keypoints": 150, "detection_threshold": 0.0}
+QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import torch
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    return save_checkpoint(SuperSegmentation(TINY), path)
+
+
+@pytest.fixture(scope="module")
+def node_process(tmp_path_factory, checkpoint):
+    log = tmp_path_factory.mktemp("node") / "node.log"
+    params = ["--param", "scale:=0.5", "--param", "sync.camera_info_timeout:=1.0",
+              "--param", "qos.profile:=reliable"]
+    params += sum((["--param", f"extractor.{k}:={v}"] for k, v in EXTRACTOR.items()), [])
+    args = ["-m", "superseg_ros.ros.launch_cli", "--model", str(checkpoint), *params]
+    with ros_helpers.python_process(args, log) as child:
+        yield child
+
+
+class Client:
+    """The test's side of the wire: publishes frames, collects the node's outputs."""
+
+    def __init__(self, node):
+        self.node = node
+        self.image_pub = node.create_publisher(Image, "image", QOS)
+        self.info_pub = node.create_publisher(CameraInfo, "camera_info", QOS)
+        self.keypoints, self.descriptors, self.diagnostics = [], [], []
+        node.create_subscription(Keypoints, "superseg/keypoints", self.keypoints.append, QOS)
+        node.create_subscription(Descriptors, "superseg/descriptors", self.descriptors.append,
+                                 QOS)
+        node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+
+    def send(self, image_msg, info_msg=None, stamp_ns=None):
+        stamp_ns = stamp_ns or self.node.get_clock().now().nanoseconds
+        image_msg.header.stamp.sec, image_msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+        self.image_pub.publish(image_msg)
+        if info_msg is not None:
+            info_msg.header = image_msg.header
+            self.info_pub.publish(info_msg)
+        return image_msg.header
+
+    def wait_for(self, stamp, timeout=30.0):
+        def found():
+            return any(k.header.stamp == stamp for k in self.keypoints) and \
+                any(d.header.stamp == stamp for d in self.descriptors)
+
+        assert ros_helpers.spin_until(self.node, found, timeout), "no output for that frame"
+        return (next(k for k in self.keypoints if k.header.stamp == stamp),
+                next(d for d in self.descriptors if d.header.stamp == stamp))
+
+
+def camera_info(width=300, height=200):
+    info = CameraInfo(width=width, height=height, distortion_model="plumb_bob")
+    info.k, info.d = K, D
+    return info
+
+
+@pytest.fixture(scope="module")
+def client(node_process):
+    rclpy_ = ros_helpers.import_rclpy()
+    context = rclpy_.context.Context()
+    rclpy_.init(context=context)
+    node = rclpy_.create_node("superseg_test_client", context=context)
+    client = Client(node)
+    ready = ros_helpers.spin_until(
+        node, lambda: node.count_publishers("superseg/keypoints") > 0
+        and node.count_subscribers("image") > 0, 60)
+    assert ready, f"node did not come up:\n{node_process.output()}"
+    yield client
+    node.destroy_node()
+    rclpy_.try_shutdown(context=context)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return render_scene(200, 300, seed=4)
+
+
+def test_outputs_match_the_in_process_pipeline(client, checkpoint, scene):
+    image = make_image(scene, "rgb8")
+    image.header.frame_id = "front_camera"
+    header = client.send(image, camera_info())
+    keypoints, descriptors = client.wait_for(header.stamp)
+
+    # header and resolution are the input image's
+    assert keypoints.header.frame_id == "front_camera" and keypoints.header.stamp == header.stamp
+    assert (keypoints.width, keypoints.height) == (300, 200)
+
+    # the network ran at half scale; keypoints are in input pixels, as the plain pipeline says
+    extractor = Extractor(load_model(checkpoint), EXTRACTOR, device="cpu")
+    expected = FrameProcessor(extractor, scale=0.5).process(scene)
+    xy = np.stack([np.asarray(keypoints.x), np.asarray(keypoints.y)], 1)
+    np.testing.assert_allclose(xy, expected.keypoints, atol=1e-4)
+    assert xy[:, 0].max() > 150 and xy[:, 1].max() > 100  # spans the full-size frame
+    assert descriptors.count == len(xy) and descriptors.dimension == 32
+    block = np.asarray(descriptors.data, np.float32).reshape(descriptors.count, -1)
+    np.testing.assert_allclose(block, expected.descriptors, atol=1e-5)
+
+    # normalised coordinates are OpenCV's undistortion with the CameraInfo's K and D
+    reference = cv2.undistortPoints(xy.reshape(-1, 1, 2).astype(np.float64),
+                                    np.array(K).reshape(3, 3), np.array(D)).reshape(-1, 2)
+    normalized = np.stack([np.asarray(keypoints.x_normalized),
+                           np.asarray(keypoints.y_normalized)], 1)
+    np.testing.assert_allclose(normalized, reference, atol=2e-4)
+
+
+def test_bgr_with_row_padding_gives_the_same_keypoints(client, scene):
+    reference = client.wait_for(client.send(make_image(scene, "rgb8"), camera_info()).stamp)[0]
+    bgr = np.ascontiguousarray(scene[..., ::-1])
+    padded = np.zeros((200, 300 * 3 + 16), np.uint8)
+    padded[:, :900] = bgr.reshape(200, 900)
+    msg = Image(height=200, width=300, encoding="bgr8", step=916, data=padded.tobytes())
+    got = client.wait_for(client.send(msg, camera_info()).stamp)[0]
+    np.testing.assert_allclose(np.asarray(got.x), np.asarray(reference.x), atol=1e-4)
+
+
+def bad_frames(scene):
+    good = make_image(scene, "rgb8")
+    truncated = make_image(scene, "rgb8")
+    truncated.data = bytes(good.data)[: len(good.data) // 2]
+    yield "unsupported encoding", Image(height=2, width=2, encoding="32FC1", step=8,
+                                        data=bytes(16)), camera_info(2, 2)
+    yield "zero-sized image", Image(height=0, width=0, encoding="rgb8", step=0), camera_info()
+    yield "truncated image", truncated, camera_info()
+    yield "CameraInfo of another size", make_image(scene, "rgb8"), camera_info(640, 480)
+    nan_info = camera_info()
+    nan_info.k = [float("nan")] * 9
+    yield "NaN in CameraInfo", make_image(scene, "rgb8"), nan_info
+
+
+def errors_reported(client):
+    for array in reversed(client.diagnostics):
+        for status in array.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if "errors" in values:
+                return int(values["errors"]), values
+    return None, {}
+
+
+def test_malformed_input_is_counted_and_the_node_keeps_serving(client, node_process, scene):
+    before, _ = errors_reported(client)
+    cases = list(bad_frames(scene))
+    for _, msg, info in cases:
+        client.send(msg, info)
+        time.sleep(0.3)  # one at a time: the node keeps only the newest frame
+        ros_helpers.spin_until(client.node, lambda: False, 0.3)
+    keypoints, _ = client.wait_for(client.send(make_image(scene, "rgb8"), camera_info()).stamp)
+    assert len(keypoints.x) > 0
+
+    def counted():
+        errors, _ = errors_reported(client)
+        return errors is not None and errors - (before or 0) >= len(cases)
+
+    assert ros_helpers.spin_until(client.node, counted, 10), errors_reported(client)
+    assert node_process.popen.poll() is None
+    log = node_process.output()
+    for text in ("unsupported image encoding", "32FC1", "zero size", "truncated", "640x480", "NaN"):
+        assert text.lower() in log.lower(), f"no clear log line mentioning {text!r}:\n{log}"
+
+
+def test_images_without_camera_info_are_processed_after_the_timeout(tmp_path, checkpoint):
+    """A second node on its own topics: no CameraInfo ever arrives."""
+    args = ["-m", "superseg_ros.ros.launch_cli", "--model", str(checkpoint), "--namespace",
+            "lonely", "--param", "sync.camera_info_timeout:=0.5", "--param",
+            "qos.profile:=reliable"]
+    with ros_helpers.python_process(args, tmp_path / "node.log") as child:
+        context = rclpy.context.Context()
+        rclpy.init(context=context)
+        node = rclpy.create_node("lonely_client", context=context)
+        try:
+            pub = node.create_publisher(Image, "/lonely/image", QOS)
+            got = []
+            node.create_subscription(Keypoints, "/lonely/superseg/keypoints", got.append, QOS)
+            assert ros_helpers.spin_until(node, lambda: node.count_subscribers(
+                "/lonely/image") > 0, 60), child.output()
+            deadline = time.monotonic() + 30
+            while not got and time.monotonic() < deadline:
+                msg = make_image(render_scene(64, 96), "rgb8")
+                msg.header.stamp = node.get_clock().now().to_msg()
+                pub.publish(msg)
+                ros_helpers.spin_until(node, lambda: bool(got), 0.3)
+            assert got, child.output()
+            assert np.isnan(np.asarray(got[0].x_normalized)).all()
+            assert "no CameraInfo" in child.output()
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown(context=context)
+
+
+def test_a_wrong_parameter_stops_the_node_with_a_clear_message(tmp_path, checkpoint):
+    args = ["-m", "superseg_ros.ros.launch_cli", "--model", str(checkpoint), "--param",
+            "extractor.max_keypoint:=5"]
+    with ros_helpers.python_process(args, tmp_path / "node.log") as child:
+        child.popen.wait(timeout=60)
+        assert child.popen.returncode == 2
+        assert "unknown superseg_node.extractor key 'max_keypoint'" in child.output()
