@@ -1,4 +1,7 @@
-"""`make demo`: run the extractor on a scene the project renders itself and write an overlay.
+"""`make demo`: a camera sequence through superseg_node, as separate processes over ROS 2.
+
+    input (rendered sequence | your bag, images, video) -> bag -> superseg-play
+        -> superseg_node -> superseg-record -> overlay PNGs + summary.json
 
 Uses the bundled model when one ships in models/; until then an explicitly labelled randomly
 initialised network (its keypoints show the pipeline works, not what a trained model finds).
@@ -7,14 +10,20 @@ initialised network (its keypoints show the pipeline works, not what a trained m
 from __future__ import annotations
 
 import argparse
+import collections
+import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .checkpoint import RANDOM, bundled_model_path
-from .cli import extract
+from .cli.record import DEFAULT_TOPICS
 
 
 def render_scene(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
@@ -47,26 +56,160 @@ def render_scene(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarr
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
+def render_sequence(frames: int = 24, height: int = 240, width: int = 320, seed: int = 0):
+    """A camera panning right across a street while a car drives left: frames as RGB arrays."""
+    street = render_scene(height, width * 2, seed)
+    for i in range(frames):
+        x0 = i * width // frames  # pan: the static scene moves left in the image
+        frame = street[:, x0:x0 + width].copy()
+        car_x = width - 90 - i * (width // frames)  # the car drives against the pan
+        y = height // 2 + height // 10
+        cv2.rectangle(frame, (car_x, y), (car_x + 70, y + 30), (200, 30, 30), -1)
+        cv2.rectangle(frame, (car_x + 12, y - 14), (car_x + 52, y), (170, 20, 20), -1)
+        for wheel in (car_x + 14, car_x + 56):
+            cv2.circle(frame, (wheel, y + 30), 7, (20, 20, 20), -1)
+        yield frame
+
+
+def processes_env() -> dict:
+    from .ros.loopback import loopback_environment
+
+    env = loopback_environment(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    # a domain of its own, so other ROS processes on this machine neither feed nor see the demo
+    env.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+    return env
+
+
+def start(module: str, args: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=processes_env())
+
+
+def stop(process: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        if process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(wait)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise RuntimeError(f"{log.name}: '{text}' did not appear; its log:\n"
+                       + log.read_text(errors="replace")[-3000:])
+
+
+def input_bag(source: Path | None, out: Path) -> Path:
+    """The bag to play: the user's bag, a bag made from their images/video, or the default."""
+    if source is not None and (source / "metadata.yaml").is_file():
+        return source
+    bag = out / "input_bag"
+    args = ["--output", str(bag), "--force"]
+    if source is None:
+        frames = out / "input_frames"
+        frames.mkdir(parents=True, exist_ok=True)
+        for i, frame in enumerate(render_sequence()):
+            cv2.imwrite(str(frames / f"{i:06d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        source = frames
+        args += ["--rate", "2", "--fx", "250", "--cx", "159.5", "--cy", "119.5"]
+    from .cli import make_bag
+
+    if make_bag.main([str(source), *args]) != 0:
+        raise RuntimeError(f"could not make a bag from {source}")
+    return bag
+
+
+def node_counters(bag: Path) -> dict:
+    """The node's last /diagnostics values (frames received, processed, skipped, errors)."""
+    from .bags import iter_bag
+
+    values = {}
+    for _, _, msg, _ in iter_bag(bag, ["/diagnostics"], deserialize=True):
+        for status in msg.status:
+            values.update({kv.key: kv.value for kv in status.values})
+    return values
+
+
+def export_overlays(bag: Path, folder: Path) -> int:
+    from .bags import iter_bag
+    from .ros.image_conversion import image_to_array
+
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for count, (_, _, msg, _) in enumerate(iter_bag(bag, ["/superseg/overlay"],
+                                                     deserialize=True), start=1):
+        cv2.imwrite(str(folder / f"{count - 1:06d}.png"),
+                    cv2.cvtColor(image_to_array(msg), cv2.COLOR_RGB2BGR))
+    return count
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output", type=Path, default=Path("demo_output"))
-    p.add_argument("--input", type=Path, help="your own image or folder (default: rendered scene)")
+    p.add_argument("--input", type=Path,
+                   help="a bag, image folder, Cityscapes sequence folder or video "
+                        "(default: a sequence the demo renders)")
+    p.add_argument("--model", help="checkpoint (default: the bundled model, else random)")
+    p.add_argument("--rate-factor", type=float, default=1.0, help="replay speed")
     args = p.parse_args(argv)
-    args.output.mkdir(parents=True, exist_ok=True)
-    source = args.input
-    if source is None:
-        source = args.output / "scene.png"
-        cv2.imwrite(str(source), cv2.cvtColor(render_scene(), cv2.COLOR_RGB2BGR))
-    model = None if bundled_model_path() else RANDOM
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    model = args.model or (None if bundled_model_path() else RANDOM)
     if model == RANDOM:
         print("demo: no trained model ships in models/ yet, so this demo runs a RANDOMLY "
-              "INITIALISED network (labelled as such on the overlay)")
-    code = extract.main([*(["--model", model] if model else []), "--input", str(source),
-                         "--output", str(args.output), "--overlay", "--keep-unstable"])
-    if code == 0:
-        overlays = sorted(args.output.glob("*_overlay.png"))
-        print("demo: overlay written to " + ", ".join(map(str, overlays)))
-    return code
+              "INITIALISED network (labelled as such on every overlay)")
+    bag = input_bag(args.input, out)
+    recorded = out / "outputs_bag"
+    node_args = ["--image", "/camera/image_raw", "--camera-info", "/camera/camera_info",
+                 "--param", "extractor.keep_unstable:=true",  # publish rejected ones, flagged
+                 *(["--model", model] if model else [])]
+    node = start("superseg_ros.ros.launch_cli", node_args, out / "node.log")
+    recorder = player = None
+    try:
+        wait_for_line(out / "node.log", "listening on", node, 120)
+        recorder = start("superseg_ros.cli.record",
+                         ["--output", str(recorded), "--force", "--summary",
+                          str(out / "summary.json"), "--topics", *DEFAULT_TOPICS,
+                          "/diagnostics"], out / "record.log")
+        wait_for_line(out / "record.log", "recording /superseg/overlay", recorder, 60)
+        time.sleep(1.0)  # let discovery match the recorder before the first frame
+        player = start("superseg_ros.cli.play",
+                       [str(bag), "--restamp", "--wait-for-subscribers", "60",
+                        "--rate-factor", str(args.rate_factor)], out / "play.log")
+        player.wait()
+        time.sleep(3.0)  # the node finishes the last frame, the recorder receives it
+    finally:
+        for process in (player, recorder, node):
+            if process is not None:
+                stop(process)
+    if player.returncode != 0:
+        print(f"demo: the player failed, see {out / 'play.log'}", file=sys.stderr)
+        return 1
+    frames = export_overlays(recorded, out / "overlay")
+    summary = json.loads((out / "summary.json").read_text())
+    keypoints = summary["topics"].get("/superseg/keypoints", {})
+    counters = node_counters(recorded)
+    print(f"demo: {frames} overlay frames in {out / 'overlay'}/, outputs in {recorded}/")
+    print("demo: node frames received {frames_received}, processed {frames_processed}, "
+          "skipped (network slower than the camera) {frames_skipped}, errors {errors}, "
+          "processing ms p50 {processing_ms_p50}".format_map(
+              collections.defaultdict(lambda: "?", counters)))
+    print(f"demo: keypoints per frame {keypoints.get('keypoints_per_frame')}, share flagged "
+          f"unstable {keypoints.get('unstable_share')}, latency ms "
+          f"{keypoints.get('latency_ms')}; full summary in {out / 'summary.json'}")
+    return 0 if frames else 1
 
 
 if __name__ == "__main__":

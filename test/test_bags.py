@@ -1,0 +1,398 @@
+"""Bags: superseg-make-bag from folders / Cityscapes / video, reading back with rosbags, summaries,
+and superseg-play / superseg-record over real DDS (loopback only, via ros_helpers).
+
+Every fixture is made here (tiny PNGs, a Cityscapes-layout tree, an MJPG video); nothing from
+../shared/data is used.
+"""
+
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from superseg_ros import bags
+from superseg_ros.cli import make_bag, play, record
+
+START_NS = 1_600_000_000_000_000_000  # fixed first stamp, so periods can be checked exactly
+CAMERA_JSON = {"extrinsic": {"baseline": 0.209313, "pitch": 0.038, "roll": 0.0, "yaw": -0.0195,
+                             "x": 1.7, "y": 0.1, "z": 1.22},
+               "intrinsic": {"fx": 2262.52, "fy": 2265.30, "u0": 1096.98, "v0": 513.137}}
+
+
+def frame_image(i, w=32, h=24):
+    """A BGR image whose colour encodes its index (to check order and channel order)."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0], img[..., 1], img[..., 2] = 10 + 40 * i, 100, 200  # B, G, R
+    return img
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), frame_image(i))
+    return folder
+
+
+@pytest.fixture
+def cityscapes(tmp_path):
+    city = tmp_path / "leftImg8bit_sequence" / "val" / "frankfurt"
+    city.mkdir(parents=True)
+    for i, frame in enumerate((19, 20, 21)):
+        cv2.imwrite(str(city / f"frankfurt_000000_{frame:06d}_leftImg8bit.png"),
+                    frame_image(i, 64, 32))
+    camera = tmp_path / "camera" / "val" / "frankfurt"
+    camera.mkdir(parents=True)
+    (camera / "frankfurt_000000_000019_camera.json").write_text(json.dumps(CAMERA_JSON))
+    return city
+
+
+@pytest.fixture
+def video(tmp_path):
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 12.0, (32, 24))
+    assert writer.isOpened(), "this OpenCV cannot write MJPG .avi"
+    for i in range(6):
+        writer.write(frame_image(i))
+    writer.release()
+    return path
+
+
+def make(args, *extra):
+    return make_bag.main([str(a) for a in (*args, "--start-time", START_NS / 1e9, "-q", *extra)])
+
+
+def read_bag(path):
+    """{topic: [(bag time, message)]} and the bag's topic → (type, count) table."""
+    out = {}
+    for topic, t_ns, msg, _ in bags.iter_bag(path, deserialize=True):
+        out.setdefault(topic, []).append((t_ns, msg))
+    return out
+
+
+def stamp_ns(msg):
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+# --------------------------------------------------------------------------- make-bag
+
+
+@pytest.mark.parametrize("storage,suffix", [("mcap", ".mcap"), ("sqlite3", ".db3")])
+def test_folder_bag_round_trip(image_folder, tmp_path, storage, suffix):
+    out = tmp_path / "bag"
+    assert make([image_folder, "--output", out, "--rate", 20, "--storage", storage,
+                 "--fx", 30, "--cx", 15.5, "--cy", 11.5]) == 0
+
+    meta = yaml.safe_load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert meta["version"] == 9 and meta["storage_identifier"] == storage
+    assert (out / f"bag{suffix}").is_file()
+    assert not list(tmp_path.glob(".bag.*")), "temp folder left behind"
+
+    msgs = read_bag(out)
+    images, infos = msgs["/camera/image_raw"], msgs["/camera/camera_info"]
+    assert len(images) == len(infos) == 5
+    for i, ((t_img, img), (t_info, info)) in enumerate(zip(images, infos)):
+        assert img.encoding == "rgb8" and (img.width, img.height, img.step) == (32, 24, 96)
+        rgb = np.asarray(img.data).reshape(24, 32, 3)
+        assert tuple(rgb[0, 0]) == (200, 100, 10 + 40 * i)  # RGB order, frames in order
+        expected = START_NS + round(i * 1e9 / 20)
+        assert stamp_ns(img) == stamp_ns(info) == t_img == t_info == expected
+        assert img.header.frame_id == info.header.frame_id == "camera"
+        np.testing.assert_allclose(np.asarray(info.k).reshape(3, 3),
+                                   [[30, 0, 15.5], [0, 30, 11.5], [0, 0, 1]])
+        assert (info.width, info.height) == (32, 24)
+
+
+def test_cityscapes_camera_json_gives_k(cityscapes, tmp_path):
+    out = tmp_path / "cs_bag"
+    assert make([cityscapes, "--output", out, "--encoding", "bgr8"]) == 0
+    msgs = read_bag(out)
+    images, infos = msgs["/camera/image_raw"], msgs["/camera/camera_info"]
+    assert len(images) == len(infos) == 3
+    stamps = [stamp_ns(m) for _, m in images]
+    assert stamps == [stamp_ns(m) for _, m in infos]
+    assert np.all(np.diff(stamps) > 0)
+    assert np.allclose(np.diff(stamps), 1e9 / 17, atol=1)  # Cityscapes sequences: 17 Hz
+    intr = CAMERA_JSON["intrinsic"]
+    for _, info in infos:  # frames 20 and 21 have no JSON: the snippet's 000019 one is used
+        np.testing.assert_allclose(np.asarray(info.k).reshape(3, 3),
+                                   [[intr["fx"], 0, intr["u0"]], [0, intr["fy"], intr["v0"]],
+                                    [0, 0, 1]])
+        np.testing.assert_allclose(np.asarray(info.p).reshape(3, 4)[:, :3],
+                                   np.asarray(info.k).reshape(3, 3))
+        assert info.distortion_model == "plumb_bob" and not np.any(info.d)
+    img = images[0][1]
+    assert img.encoding == "bgr8" and tuple(np.asarray(img.data)[:3]) == (10, 100, 200)
+
+
+def test_cityscapes_without_camera_json(cityscapes, tmp_path, capsys):
+    for f in (cityscapes.parents[2] / "camera").rglob("*.json"):
+        f.unlink()
+    assert make([cityscapes, "--output", tmp_path / "a"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "frankfurt_000000_000019_camera.json" in err and "--no-camera-info" in err
+    assert not (tmp_path / "a").exists()
+
+    assert make([cityscapes, "--output", tmp_path / "b", "--no-camera-info"]) == 0
+    assert "no CameraInfo" in capsys.readouterr().out
+    assert set(bags.bag_topics(tmp_path / "b")) == {"/camera/image_raw"}
+
+
+def test_video_bag_uses_its_fps(video, tmp_path, capsys):
+    out = tmp_path / "video_bag"
+    assert make([video, "--output", out, "--max-frames", 4]) == 0
+    assert "no CameraInfo" in capsys.readouterr().out
+    images = read_bag(out)["/camera/image_raw"]
+    assert len(images) == 4 and set(bags.bag_topics(out)) == {"/camera/image_raw"}
+    stamps = np.array([stamp_ns(m) for _, m in images])
+    assert np.allclose(np.diff(stamps), 1e9 / 12, atol=1)
+    means = [np.asarray(m.data).reshape(24, 32, 3)[..., 2].mean() for _, m in images]
+    assert np.all(np.diff(means) > 20)  # blue channel (last in rgb8) grows frame by frame
+
+
+def test_camera_yaml_and_resize_scale_k(image_folder, tmp_path):
+    calib = tmp_path / "cam.yaml"
+    calib.write_text(yaml.safe_dump({
+        "image_width": 32, "image_height": 24, "camera_name": "test",
+        "camera_matrix": {"rows": 3, "cols": 3, "data": [30, 0, 15.5, 0, 31, 11.5, 0, 0, 1]},
+        "distortion_model": "plumb_bob",
+        "distortion_coefficients": {"rows": 1, "cols": 5, "data": [-0.1, 0.01, 0, 0, 0]}}))
+    out = tmp_path / "bag"
+    assert make([image_folder, "--output", out, "--camera-info", calib, "--resize", "64x48",
+                 "--max-frames", 2]) == 0
+    msgs = read_bag(out)
+    img, info = msgs["/camera/image_raw"][0][1], msgs["/camera/camera_info"][0][1]
+    assert (img.width, img.height) == (info.width, info.height) == (64, 48)
+    # scaled about pixel centres: c' = (c + 0.5) * 2 - 0.5
+    np.testing.assert_allclose(np.asarray(info.k).reshape(3, 3),
+                               [[60, 0, 31.5], [0, 62, 23.5], [0, 0, 1]])
+    np.testing.assert_allclose(info.d, [-0.1, 0.01, 0, 0, 0])
+
+    # A calibration made for another image size is an error, not a silently wrong K.
+    calib_other = tmp_path / "other.yaml"
+    calib_other.write_text(calib.read_text().replace("image_width: 32", "image_width: 640"))
+    assert make([image_folder, "--output", tmp_path / "c", "--camera-info", calib_other]) == 2
+
+
+def test_force_replaces_only_bags(image_folder, tmp_path, capsys):
+    out = tmp_path / "bag"
+    assert make([image_folder, "--output", out, "--max-frames", 2]) == 0
+    capsys.readouterr()
+    assert make([image_folder, "--output", out]) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--force" in err
+    assert make([image_folder, "--output", out, "--force"]) == 0
+    assert len(read_bag(out)["/camera/image_raw"]) == 5
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    assert make([image_folder, "--output", precious, "--force"]) == 2
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["{tmp}/nothing", "--output", "{tmp}/o"], "does not exist"),
+    (["{frames}", "--output", "{tmp}/o", "--fx", "30"], "--cx"),
+    (["{frames}", "--output", "{tmp}/o", "--rate", "0"], "--rate"),
+    (["{frames}", "--output", "{tmp}/o", "--camera-info", "{tmp}/missing.yaml"], "missing.yaml"),
+    (["{garbage}", "--output", "{tmp}/o"], "cannot read video"),
+    (["{empty}", "--output", "{tmp}/o"], "no images"),
+    (["{mixed}", "--output", "{tmp}/o"], "--resize"),
+])
+def test_make_bag_errors_exit_2(image_folder, tmp_path, capsys, args, expect):
+    garbage = tmp_path / "broken.avi"
+    garbage.write_bytes(b"not a video")
+    (tmp_path / "empty").mkdir()
+    mixed = tmp_path / "mixed"  # fails on the third frame: nothing may be left behind
+    mixed.mkdir()
+    for i, size in enumerate(((32, 24), (32, 24), (48, 24))):
+        cv2.imwrite(str(mixed / f"{i}.png"), frame_image(i, *size))
+    fill = {"tmp": tmp_path, "frames": image_folder, "garbage": garbage,
+            "empty": tmp_path / "empty", "mixed": mixed}
+    assert make_bag.main([a.format(**fill) for a in args] + ["-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("superseg-make-bag: error:")
+    assert expect in err
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))
+
+
+def test_argparse_errors_exit_2(image_folder, tmp_path):
+    for argv in ([str(image_folder), "--output", str(tmp_path / "o"), "--storage", "rosbag1"],
+                 [str(image_folder), "--output", str(tmp_path / "o"), "--resize", "64by48"]):
+        with pytest.raises(SystemExit) as exc:
+            make_bag.main(argv)
+        assert exc.value.code == 2
+
+
+def test_play_and_record_reject_bad_input_before_ros(image_folder, tmp_path, capsys):
+    bag = tmp_path / "bag"
+    assert make([image_folder, "--output", bag, "--max-frames", 2]) == 0
+    capsys.readouterr()
+    cases = [
+        (play.main, [str(tmp_path / "missing")], "does not exist"),
+        (play.main, [str(image_folder)], "not a readable ROS 2 bag"),
+        (play.main, [str(bag), "--topics", "/nope"], "/camera/image_raw"),
+        (play.main, [str(bag), "--remap", "/camera/image_raw=/x"], "OLD:=NEW"),
+        (play.main, [str(bag), "--rate-factor", "0"], "--rate-factor"),
+        (play.main, [str(bag), "--start-offset", "5"], "past the end"),
+        (record.main, ["--output", str(bag)], "--force"),
+        (record.main, ["--output", str(tmp_path / "r"), "--max-messages", "0"], "--max-messages"),
+        (record.main, ["--output", str(tmp_path / "r"), "--topics", "relative"], "absolute"),
+    ]
+    for main, argv, expect in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expect in err, (argv, err)
+
+
+def test_summary_of_recorded_keypoints(tmp_path):
+    """summarize_bag on a hand-made bag of superseg_msgs/Keypoints (types from the .msg files)."""
+    out = tmp_path / "rec"
+    with bags.BagWriter(out) as writer:
+        writer.add_topic("/superseg/keypoints", bags.KEYPOINTS_TYPE)
+        store = writer.store
+        Keypoints = store.types[bags.KEYPOINTS_TYPE]
+        Header = store.types["std_msgs/msg/Header"]
+        Time = store.types["builtin_interfaces/msg/Time"]
+        for i, n in enumerate((10, 20, 30)):
+            stamp = START_NS + i * 100_000_000
+            f32 = np.zeros(n, np.float32)
+            msg = Keypoints(header=Header(stamp=Time(*divmod(stamp, 10**9)), frame_id="camera"),
+                            width=32, height=24, x=f32, y=f32, score=f32,
+                            class_id=np.zeros(n, np.uint8), group_id=np.zeros(n, np.uint8),
+                            stable=np.arange(n) >= 5, x_normalized=f32, y_normalized=f32)
+            writer.write("/superseg/keypoints", stamp + 5_000_000 * (i + 1), msg)
+    summary = bags.summarize_bag(out)["topics"]["/superseg/keypoints"]
+    assert summary["messages"] == 3 and summary["type"] == bags.KEYPOINTS_TYPE
+    assert summary["keypoints_per_frame"] == {"mean": 20.0, "min": 10.0, "max": 30.0}
+    assert summary["unstable_share"] == pytest.approx(15 / 60, abs=1e-4)
+    assert summary["latency_ms"]["p50"] == pytest.approx(10.0)
+    assert summary["latency_ms"]["max"] == pytest.approx(15.0)
+
+
+# --------------------------------------------------------------------------- over real DDS
+
+
+@pytest.fixture
+def ros_node(request):
+    """A test-process node on loopback DDS; skips when ROS or the workspace is missing."""
+    pytest.importorskip("rclpy")
+    msgs = pytest.importorskip("superseg_msgs.msg")
+    if not hasattr(msgs, "Keypoints"):  # only the source folder, as a namespace package
+        pytest.skip("superseg_msgs is not built and sourced (make build; tools/ros_env.sh)")
+    return request.getfixturevalue("rclpy_node")
+
+
+@pytest.fixture
+def ros_helpers():
+    import ros_helpers as helpers  # applies the loopback environment on import
+
+    return helpers
+
+
+def test_play_replays_in_order_at_rate(ros_node, ros_helpers, image_folder, tmp_path):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+
+    rate, n = 10.0, 5
+    bag = tmp_path / "bag"
+    assert make([image_folder, "--output", bag, "--rate", rate, "--fx", 30, "--cx", 16,
+                 "--cy", 12]) == 0
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    images, infos = [], []
+    ros_node.create_subscription(Image, "/test_bags/image",
+                                 lambda m: images.append((time.monotonic(), m)), qos)
+    ros_node.create_subscription(CameraInfo, "/camera/camera_info", infos.append, qos)
+    args = ["-m", "superseg_ros.cli.play", str(bag), "--remap",
+            "/camera/image_raw:=/test_bags/image", "--restamp", "--wait-for-subscribers", "20",
+            "--delay", "0", "--ack-timeout", "1"]
+    with ros_helpers.python_process(args, tmp_path / "play.log") as child:
+        def finished():
+            return len(images) == n and len(infos) == n and child.popen.poll() is not None
+
+        done = ros_helpers.spin_until(ros_node, finished, 30.0)
+        assert done, child.output()
+        assert child.popen.returncode == 0, child.output()
+    blue = [int(np.asarray(m.data)[2]) for _, m in images]  # rgb8: byte 2 is blue
+    assert blue == [10 + 40 * i for i in range(n)], "frames out of order"
+    stamps = [stamp_ns(m) for _, m in images]
+    assert stamps == [stamp_ns(m) for m in infos]  # --restamp keeps Image/CameraInfo pairs equal
+    assert np.allclose(np.diff(stamps), 1e9 / rate, atol=1)
+    assert abs(stamps[0] - time.time_ns()) < 60e9  # restamped to replay time, not 2020
+    span = images[-1][0] - images[0][0]
+    assert span >= (n - 1) / rate * 0.8, f"played too fast: {span:.3f} s"
+
+
+def publish_keypoints(node, publisher, counts, latency_ns=50_000_000):
+    from superseg_msgs.msg import Keypoints
+
+    for n in counts:
+        msg = Keypoints()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns() - latency_ns,
+                                                                10**9)
+        msg.header.frame_id, msg.width, msg.height = "camera", 32, 24
+        zeros = np.zeros(n, np.float32)
+        msg.x, msg.y, msg.score = np.arange(n, dtype=np.float32), zeros, zeros
+        msg.x_normalized, msg.y_normalized = zeros, zeros
+        msg.class_id, msg.group_id = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
+        msg.stable = [j >= n // 2 for j in range(n)]  # first half flagged unstable
+        publisher.publish(msg)
+        time.sleep(0.02)
+
+
+def start_recorder(ros_helpers, node, tmp_path, name, extra):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from superseg_msgs.msg import Keypoints
+
+    pub = node.create_publisher(Keypoints, "/test_bags/keypoints",
+                                QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    args = ["-m", "superseg_ros.cli.record", "--output", str(tmp_path / name), "--topics",
+            "/test_bags/keypoints", "--duration", "30", *extra]
+    return pub, ros_helpers.python_process(args, tmp_path / f"{name}.log")
+
+
+def test_record_keypoints_and_summary(ros_node, ros_helpers, tmp_path):
+    pub, process = start_recorder(ros_helpers, ros_node, tmp_path, "rec", ["--max-messages", "4"])
+    with process as child:
+        assert ros_helpers.spin_until(ros_node, lambda: pub.get_subscription_count() > 0, 20.0), \
+            child.output()
+        publish_keypoints(ros_node, pub, [10, 20, 30, 40])
+        assert ros_helpers.spin_until(ros_node, lambda: child.popen.poll() is not None, 20.0), \
+            child.output()
+        assert child.popen.returncode == 0, child.output()
+
+    summary = json.loads((tmp_path / "rec.summary.json").read_text())
+    assert summary["stopped_by"] == "max-messages" and summary["messages"] == 4
+    topic = summary["topics"]["/test_bags/keypoints"]
+    assert topic["type"] == "superseg_msgs/msg/Keypoints" and topic["messages"] == 4
+    assert topic["keypoints_per_frame"] == {"mean": 25.0, "min": 10.0, "max": 40.0}
+    assert topic["unstable_share"] == 0.5
+    assert 50.0 <= topic["latency_ms"]["p50"] < 10_000.0
+    assert topic["rate_hz"] > 0
+    recorded = [m for _, _, m, _ in bags.iter_bag(tmp_path / "rec", deserialize=True)]
+    assert [len(m.x) for m in recorded] == [10, 20, 30, 40]
+    np.testing.assert_array_equal(recorded[-1].x, np.arange(40))
+
+
+def test_record_finalises_bag_on_sigint(ros_node, ros_helpers, tmp_path):
+    pub, process = start_recorder(ros_helpers, ros_node, tmp_path, "rec_int",
+                                  ["--storage", "sqlite3"])
+    with process as child:
+        assert ros_helpers.spin_until(ros_node, lambda: pub.get_subscription_count() > 0, 20.0), \
+            child.output()
+        publish_keypoints(ros_node, pub, [5, 6])
+        from rclpy.duration import Duration
+
+        assert pub.wait_for_all_acked(Duration(seconds=5))
+        ros_helpers.stop_process(child.popen)  # SIGINT first
+        assert child.popen.returncode == 0, child.output()
+    meta = yaml.safe_load((tmp_path / "rec_int" / "metadata.yaml").read_text())
+    assert meta["rosbag2_bagfile_information"]["storage_identifier"] == "sqlite3"
+    summary = json.loads((tmp_path / "rec_int.summary.json").read_text())
+    assert summary["stopped_by"] == "SIGINT"
+    assert summary["topics"]["/test_bags/keypoints"]["messages"] == 2
