@@ -172,9 +172,18 @@ def main(argv=None) -> int:
               "INITIALISED network (labelled as such on every overlay)")
     bag = input_bag(args.input, out)
     recorded = out / "outputs_bag"
-    node_args = ["--image", "/camera/image_raw", "--camera-info", "/camera/camera_info",
+    from .bags import bag_topics
+
+    topics = bag_topics(bag)
+    image_topic = next(t for t, (kind, _) in topics.items() if kind.endswith("/Image"))
+    info_topic = next((t for t, (kind, _) in topics.items() if kind.endswith("/CameraInfo")),
+                      None)
+    node_args = ["--image", image_topic, "--camera-info", info_topic or "camera_info",
                  "--param", "extractor.keep_unstable:=true",  # publish rejected ones, flagged
+                 "--param", "qos.profile:=reliable",  # a replayed bag should lose no frame
                  *(["--model", model] if model else [])]
+    if info_topic is None:  # nothing to wait for: keypoints without normalised coordinates
+        node_args += ["--param", "sync.camera_info_timeout:=0.0"]
     node = start("superseg_ros.ros.launch_cli", node_args, out / "node.log")
     recorder = player = None
     try:

@@ -230,3 +230,35 @@ def test_a_wrong_parameter_stops_the_node_with_a_clear_message(tmp_path, checkpo
         child.popen.wait(timeout=60)
         assert child.popen.returncode == 2
         assert "unknown superseg_node.extractor key 'max_keypoint'" in child.output()
+
+
+def set_parameters(client, **values):
+    from rcl_interfaces.msg import Parameter
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter as RclpyParameter
+
+    service = client.node.create_client(SetParameters, "/superseg_node/set_parameters")
+    assert ros_helpers.spin_until(client.node, service.service_is_ready, 10)
+    request = SetParameters.Request(parameters=[
+        Parameter(name=name.replace("__", "."),
+                  value=RclpyParameter(name, value=value).get_parameter_value())
+        for name, value in values.items()])
+    future = service.call_async(request)
+    assert ros_helpers.spin_until(client.node, future.done, 10)
+    client.node.destroy_client(service)
+    return future.result().results
+
+
+def test_parameters_change_at_run_time_where_safe(client, scene):
+    [result] = set_parameters(client, extractor__max_keypoints=20)
+    assert result.successful, result.reason
+    keypoints, descriptors = client.wait_for(client.send(make_image(scene, "rgb8"),
+                                                         camera_info()).stamp)
+    assert len(keypoints.x) == 20 and descriptors.count == 20
+
+    [result] = set_parameters(client, model="other.pt")
+    assert not result.successful and "restart" in result.reason
+    [result] = set_parameters(client, extractor__semantic_filter="sometimes")
+    assert not result.successful and "semantic_filter" in result.reason
+    [result] = set_parameters(client, extractor__max_keypoints=EXTRACTOR["max_keypoints"])
+    assert result.successful
