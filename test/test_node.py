@@ -194,28 +194,33 @@ def test_malformed_input_is_counted_and_the_node_keeps_serving(client, node_proc
         assert text.lower() in log.lower(), f"no clear log line mentioning {text!r}:\n{log}"
 
 
-def test_images_without_camera_info_are_processed_after_the_timeout(tmp_path, checkpoint):
-    """A second node on its own topics: no CameraInfo ever arrives."""
+def test_compressed_images_without_camera_info_are_processed_after_the_timeout(tmp_path,
+                                                                              checkpoint):
+    """A second node on its own topics, fed JPEG CompressedImages; no CameraInfo ever arrives."""
+    from sensor_msgs.msg import CompressedImage
+
     args = ["-m", "superseg_ros.ros.launch_cli", "--model", str(checkpoint), "--namespace",
             "lonely", "--param", "sync.camera_info_timeout:=0.5", "--param",
-            "qos.profile:=reliable"]
+            "qos.profile:=reliable", "--param", "use_compressed:=true"]
     with ros_helpers.python_process(args, tmp_path / "node.log") as child:
         context = rclpy.context.Context()
         rclpy.init(context=context)
         node = rclpy.create_node("lonely_client", context=context)
         try:
-            pub = node.create_publisher(Image, "/lonely/image", QOS)
+            pub = node.create_publisher(CompressedImage, "/lonely/image/compressed", QOS)
             got = []
             node.create_subscription(Keypoints, "/lonely/superseg/keypoints", got.append, QOS)
             assert ros_helpers.spin_until(node, lambda: node.count_subscribers(
-                "/lonely/image") > 0, 60), child.output()
+                "/lonely/image/compressed") > 0, 60), child.output()
+            jpeg = cv2.imencode(".jpg", cv2.cvtColor(render_scene(64, 96), cv2.COLOR_RGB2BGR))[1]
             deadline = time.monotonic() + 30
             while not got and time.monotonic() < deadline:
-                msg = make_image(render_scene(64, 96), "rgb8")
+                msg = CompressedImage(format="jpeg", data=jpeg.tobytes())
                 msg.header.stamp = node.get_clock().now().to_msg()
                 pub.publish(msg)
                 ros_helpers.spin_until(node, lambda: bool(got), 0.3)
             assert got, child.output()
+            assert (got[0].width, got[0].height) == (96, 64) and len(got[0].x) > 0
             assert np.isnan(np.asarray(got[0].x_normalized)).all()
             assert "no CameraInfo" in child.output()
         finally:
