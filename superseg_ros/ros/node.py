@@ -96,7 +96,7 @@ class SuperSegNode(Node):
 
         self._worker = threading.Thread(target=self._work, name="superseg_worker", daemon=True)
         self._worker.start()
-        self._last_diag = (time.monotonic(), 0)
+        self._last_diag, self._errors_reported = (time.monotonic(), 0), 0
         self.create_timer(settings["diagnostics_period"], self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -106,11 +106,10 @@ class SuperSegNode(Node):
         compressed = s["use_compressed"]
         image_type, image_topic = (CompressedImage, "image/compressed") if compressed \
             else (Image, "image")
-        qos = qos_profile_sensor_data if s["qos"]["profile"] == "sensor_data" else \
-            QoSProfile(depth=s["qos"]["depth"], reliability=ReliabilityPolicy.RELIABLE)
-        if qos is qos_profile_sensor_data:
-            qos = QoSProfile(depth=s["qos"]["depth"], reliability=qos.reliability,
-                             durability=qos.durability, history=qos.history)
+        # sensor data = best effort: matches reliable and best-effort camera drivers alike
+        reliability = qos_profile_sensor_data.reliability \
+            if s["qos"]["profile"] == "sensor_data" else ReliabilityPolicy.RELIABLE
+        qos = QoSProfile(depth=s["qos"]["depth"], reliability=reliability)
         queue, slop = s["sync"]["queue_size"], s["sync"]["slop"]
         if message_filters_available():
             import message_filters
@@ -196,7 +195,7 @@ class SuperSegNode(Node):
         if result.stability_mask is not None:
             if publish["stability_mask"]:
                 self.pub["stability_mask"].publish(messages.stability_mask_msg(
-                    result, header, self.processor.extractor.model.semantics["groups"],
+                    result, header, extractor.model.semantics["groups"],
                     extractor.stable_ids, extractor.config["mask_threshold"]))
             if publish["mask_image"]:
                 self.pub["mask_image"].publish(messages.mask_image(result, header))
@@ -288,8 +287,7 @@ class SuperSegNode(Node):
 
     def _publish_diagnostics(self):
         values = self.diagnostics()
-        errors_before = getattr(self, "_errors_reported", 0)
-        self._errors_reported = self.counts["errors"]
+        errors_before, self._errors_reported = self._errors_reported, self.counts["errors"]
         if self.counts["errors"] > errors_before:
             level, message = DiagnosticStatus.WARN, "dropped malformed frames (see errors)"
         elif self.counts["processed"] == 0:
