@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..bags import IMAGE_SUFFIXES
 from ..checkpoint import RANDOM, CheckpointError, open_model
 from ..config import ConfigError, read_parameters
 from ..extractor import Extractor
 from ..visualize import colorize_groups, draw_keypoints
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def parse_args(argv):
