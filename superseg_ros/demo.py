@@ -147,6 +147,8 @@ def export_overlays(bag: Path, folder: Path) -> int:
     from .ros.image_conversion import image_to_array
 
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.png"):  # from an earlier run
+        stale.unlink()
     count = 0
     for count, (_, _, msg, _) in enumerate(iter_bag(bag, ["/superseg/overlay"],
                                                      deserialize=True), start=1):
