@@ -1,0 +1,1 @@
+"""Training: synthetic shapes, homographic adaptation, losses and the training loops."""
