@@ -36,6 +36,7 @@ setup(
             "superseg-play = superseg_ros.cli.play:main",
             "superseg-record = superseg_ros.cli.record:main",
             "superseg-launch = superseg_ros.ros.launch_cli:main",
+            "superseg-eval = superseg_ros.evaluation.cli:main",
             # `ros2 run superseg_ros superseg_node` (setup.cfg installs scripts to lib/<pkg>)
             "superseg_node = superseg_ros.ros.node:main",
         ],
