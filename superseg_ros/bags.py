@@ -27,6 +27,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from .homography import scaling_matrix
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp"}
 STORAGES = ("mcap", "sqlite3")
 ENCODINGS = ("rgb8", "bgr8", "mono8")
@@ -68,12 +70,7 @@ class Calibration:
             return Calibration(self.k, width, height, self.distortion_model, self.d, self.source)
         if (self.width, self.height) == (width, height):
             return self
-        sx, sy = width / self.width, height / self.height
-        k = self.k.copy()
-        k[0, 0] *= sx
-        k[1, 1] *= sy
-        k[0, 2] = (k[0, 2] + 0.5) * sx - 0.5
-        k[1, 2] = (k[1, 2] + 0.5) * sy - 0.5
+        k = scaling_matrix(width / self.width, height / self.height) @ self.k
         return Calibration(k, width, height, self.distortion_model, self.d, self.source)
 
 

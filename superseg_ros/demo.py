@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ import numpy as np
 
 from .checkpoint import RANDOM, bundled_model_path
 from .cli.record import DEFAULT_TOPICS
+from .ros.processes import start_python, stop_process
 
 
 def render_scene(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
@@ -71,32 +70,8 @@ def render_sequence(frames: int = 24, height: int = 240, width: int = 320, seed:
         yield frame
 
 
-def processes_env() -> dict:
-    from .ros.loopback import loopback_environment
-
-    env = loopback_environment(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    # a domain of its own, so other ROS processes on this machine neither feed nor see the demo
-    env.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
-    return env
-
-
 def start(module: str, args: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=processes_env())
-
-
-def stop(process: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        if process.poll() is not None:
-            return
-        process.send_signal(sig)
-        try:
-            process.wait(wait)
-        except subprocess.TimeoutExpired:
-            pass
+    return start_python(["-m", module, *args], log)
 
 
 def wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout: float) -> None:
@@ -204,7 +179,7 @@ def main(argv=None) -> int:
     finally:
         for process in (player, recorder, node):
             if process is not None:
-                stop(process)
+                stop_process(process)
     if player.returncode != 0:
         print(f"demo: the player failed, see {out / 'play.log'}", file=sys.stderr)
         return 1

@@ -10,9 +10,7 @@ machine do not see each other's topics. Domains 0-101 are the range where Fast D
 ROS tool's default.
 """
 import os
-import signal
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from superseg_ros.ros.loopback import apply_loopback_environment, require_loopback
+from superseg_ros.ros.loopback import require_loopback
+from superseg_ros.ros.processes import child_environment, start_python
+from superseg_ros.ros.processes import stop_process  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 
-apply_loopback_environment()
-os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
-require_loopback()
+# this process and every child: loopback-only DDS and a ROS domain of this test session's own
+os.environ.update(child_environment())
 
 
 def require_workspace() -> None:
@@ -62,19 +61,6 @@ class ChildProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def stop_process(popen: subprocess.Popen, grace: float = 3.0) -> None:
-    """SIGINT (clean rclpy shutdown), then SIGTERM, then SIGKILL, each with a bounded wait."""
-    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
-        if popen.poll() is not None:
-            return
-        popen.send_signal(sig)
-        try:
-            popen.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-
-
 @contextmanager
 def python_process(args, log_path, *, cwd=None, env=None):
     """Run `python -c CODE` (args = ["-c", CODE, ...]) or `python -m MOD ...` as a child.
@@ -83,19 +69,12 @@ def python_process(args, log_path, *, cwd=None, env=None):
     the loopback-only DDS settings; its stdout and stderr go to `log_path`. It is stopped on exit
     from the block, whatever happened inside.
     """
-    from superseg_ros.ros.loopback import loopback_environment
-
-    child_env = loopback_environment(os.environ if env is None else env)
-    require_loopback(child_env)
-    child_env["PYTHONUNBUFFERED"] = "1"  # the log is readable while the child runs
     log_path = Path(log_path)
-    with open(log_path, "wb") as log:
-        popen = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, cwd=cwd or REPO, env=child_env)
+    popen = start_python(list(args), log_path, env=env, cwd=cwd or REPO)
     try:
         yield ChildProcess(popen, log_path)
     finally:
-        stop_process(popen)
+        stop_process(popen, grace=3.0)
 
 
 def spin_until(node, predicate, timeout: float) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,24 +57,21 @@ def bare_timings(model, image, frames: int, max_keypoints: int) -> dict:
 def node_round_trips(checkpoint: Path, image, frames: int, max_keypoints: int, log: Path):
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CameraInfo
+    from sensor_msgs.msg import CameraInfo, Image
     from superseg_msgs.msg import Keypoints
 
     from ..ros.image_conversion import make_image
-    from ..ros.loopback import loopback_environment
+    from ..ros.processes import child_environment, start_python, stop_process
 
-    env = loopback_environment(os.environ)
-    env.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
-    os.environ.update(env)  # this process joins the same loopback-only domain
-    node_cmd = [sys.executable, "-m", "superseg_ros.ros.launch_cli", "--model", str(checkpoint),
-                "--param", "qos.profile:=reliable",
-                "--param", f"extractor.max_keypoints:={max_keypoints}"]
-    with open(log, "wb") as out:
-        node_process = subprocess.Popen(node_cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    os.environ.update(child_environment())  # this process joins the node's loopback-only domain
+    node_process = start_python(
+        ["-m", "superseg_ros.ros.launch_cli", "--model", str(checkpoint),
+         "--param", "qos.profile:=reliable",
+         "--param", f"extractor.max_keypoints:={max_keypoints}"], log)
     rclpy.init()
     node = rclpy.create_node("superseg_bench_client")
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-    image_pub = node.create_publisher(type(make_image(image[:1, :1], "rgb8")), "image", qos)
+    image_pub = node.create_publisher(Image, "image", qos)
     info_pub = node.create_publisher(CameraInfo, "camera_info", qos)
     received = {}
     node.create_subscription(
@@ -112,11 +108,7 @@ def node_round_trips(checkpoint: Path, image, frames: int, max_keypoints: int, l
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-        node_process.send_signal(2)
-        try:
-            node_process.wait(10)
-        except subprocess.TimeoutExpired:
-            node_process.kill()
+        stop_process(node_process)
     return statistics.median(trips), min(trips), max(trips)
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..homography import scaling_matrix
+
 
 class CameraInfoError(ValueError):
     """A CameraInfo that cannot be used, or one that does not belong to the image."""
@@ -122,12 +124,7 @@ class CameraModel:
         sy = sx if sy is None else sy
         if not (sx > 0 and sy > 0):
             raise ValueError(f"scale factors must be > 0, got {sx}, {sy}")
-        k = self.K.copy()
-        k[0, 0] *= sx
-        k[0, 1] *= sx
-        k[1, 1] *= sy
-        k[0, 2] = (k[0, 2] + 0.5) * sx - 0.5
-        k[1, 2] = (k[1, 2] + 0.5) * sy - 0.5
+        k = scaling_matrix(sx, sy) @ self.K
         k.setflags(write=False)
         return CameraModel(k, self.D, self.model, round(self.width * sx), round(self.height * sy),
                            self.distortion_model)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import postprocess as pp
+from ..homography import warp_points_torch
 from ..network import CELL
 
 DUSTBIN = CELL * CELL
@@ -31,13 +32,6 @@ def detector_loss(logits: torch.Tensor, labels: torch.Tensor,
         return per_cell.mean()
     valid = valid.to(per_cell.dtype)
     return (per_cell * valid).sum() / valid.sum().clamp(min=1)
-
-
-def warp_points(homography: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 3) homographies applied to (B, N, 2) pixel positions."""
-    ones = torch.ones_like(xy[..., :1])
-    warped = torch.cat([xy, ones], -1) @ homography.transpose(1, 2)
-    return warped[..., :2] / warped[..., 2:].clamp(min=1e-8)
 
 
 def sample_correspondences(homography: torch.Tensor, shape_a, shape_b, max_points: int,
@@ -56,7 +50,7 @@ def sample_correspondences(homography: torch.Tensor, shape_a, shape_b, max_point
     choice = torch.stack([torch.randperm(len(centres), generator=generator)[:n]
                           for _ in range(b)]).to(homography.device)
     xy_a = centres.to(homography.device)[choice]
-    xy_b = warp_points(homography, xy_a)
+    xy_b = warp_points_torch(homography, xy_a)
     h, w = shape_b
     valid = (xy_b[..., 0] >= 0) & (xy_b[..., 0] <= w - 1) & (xy_b[..., 1] >= 0) & \
         (xy_b[..., 1] <= h - 1)
