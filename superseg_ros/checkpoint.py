@@ -26,10 +26,12 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(model: SuperSegmentation, path: str | os.PathLike, *,
                     trained_heads: dict | None = None, meta: dict | None = None,
-                    half: bool = False) -> Path:
+                    half: bool = False, training_state: dict | None = None) -> Path:
     """Write atomically (temp file + rename), so a crash never leaves a truncated checkpoint.
 
     `half=True` stores floating-point weights as fp16 (half the size); loading restores fp32.
+    `training_state` (optimizer, step, ...) is stored beside the model for resuming; the file
+    still loads as a model with load_model.
     """
     heads = dict(model.trained_heads if trained_heads is None else trained_heads)
     unknown = set(heads) - set(HEADS)
@@ -43,6 +45,8 @@ def save_checkpoint(model: SuperSegmentation, path: str | os.PathLike, *,
         "trained_heads": {h: bool(heads.get(h, False)) for h in HEADS},
         "state_dict": state, "meta": dict(meta or {}),
     }
+    if training_state is not None:
+        payload["training_state"] = training_state
     return write_atomically(path, lambda f: torch.save(payload, f))
 
 

@@ -1,0 +1,102 @@
+"""superseg-train: run one training stage from a YAML config (resumes by default).
+
+    superseg-train training/configs/magicpoint_cpu.yaml
+    superseg-train training/configs/joint_cpu.yaml --set init.checkpoint=runs/magicpoint_cpu/model.pt
+    superseg-train CONFIG --set schedule.iterations=200 --output runs/try --restart
+
+Joint stage with `data.labels: adapt`: the pseudo-labels are made here with homographic
+adaptation (the `adaptation` block) by the init checkpoint, then the model trains on them; with
+`data.label_rounds: N` it relabels with the model just trained and trains again, N times
+(SuperPoint's iterative adaptation). Round r lives in <output>/round<r>/ with its labels in
+<output>/labels_round<r>/; <output>/model.pt is the last round's model. Every part resumes.
+
+Exit codes: 0 done, 2 bad config/input (one line says what to fix), 130 interrupted (the last
+checkpoint is kept: run the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+import sys
+from pathlib import Path
+
+from ..checkpoint import CheckpointError, load_model
+from ..config import ConfigError
+from .config import load_config
+from .trainer import Trainer, TrainingError
+
+PROG = "superseg-train"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="YAML training config (training/configs/*.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config value, e.g. "
+                        "schedule.iterations=500 (repeatable; the value is YAML)")
+    parser.add_argument("--output", help="run folder (default: the config's output)")
+    parser.add_argument("--restart", action="store_true",
+                        help="start over even if the run folder holds a checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def run_pipeline(config: dict, restart: bool = False, progress: bool = True) -> Path:
+    """One stage, or for the joint stage with labels 'adapt' the label/train rounds."""
+    data = config["data"]
+    if config["stage"] != "joint" or data.get("labels") != "adapt":
+        return Trainer(config, restart=restart, progress=progress).run()
+    from ..extractor import resolve_device
+    from .adaptation import adapt_folder
+
+    output = Path(config["output"])
+    labeller = config["init"]["checkpoint"]
+    if not labeller:
+        raise ConfigError("data.labels: adapt needs init.checkpoint (a detector, e.g. the "
+                          "MagicPoint model of stage 1) to make the first pseudo-labels")
+    rounds = int(data.get("label_rounds", 1))
+    if rounds < 1:
+        raise ConfigError(f"data.label_rounds must be >= 1, got {rounds}")
+    device = resolve_device(config["device"])
+    model_path = None
+    for r in range(1, rounds + 1):
+        labels_dir = output / f"labels_round{r}"
+        summary = adapt_folder(load_model(labeller, device), data["images"], labels_dir,
+                               config["adaptation"], device=device, progress=progress)
+        print(f"round {r}/{rounds}: pseudo-labels by {labeller} in {labels_dir} "
+              f"({summary.get('images')} images)")
+        round_config = copy.deepcopy(config)
+        round_config["output"] = str(output / f"round{r}")
+        round_config["name"] = f"{config['name']}_round{r}"
+        if r > 1:
+            round_config["init"] = {"checkpoint": str(labeller), "imagenet": ""}
+            round_config["model"] = {}
+        model_path = Trainer(round_config, restart=restart, progress=progress,
+                             labels_dir=labels_dir).run()
+        labeller = model_path
+    final = output / "model.pt"
+    shutil.copyfile(model_path, final)
+    return final
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
+        config = load_config(args.config, overrides)
+        path = run_pipeline(config, restart=args.restart, progress=not args.no_progress)
+    except (ConfigError, TrainingError, CheckpointError, FileNotFoundError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the last checkpoint is kept, run the same command to "
+              "resume", file=sys.stderr)
+        return 130
+    print(f"model: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Training configs: one YAML file per experiment, merged onto these defaults and checked.
+
+    config = load_config("training/configs/magicpoint_cpu.yaml", ["schedule.iterations=200"])
+
+Top-level keys are fixed (a typo is an error that names it). `model`, `data`, `loss`, `homography`,
+`photometric` and `adaptation` are checked by the code that uses them (the network, the stage, the
+homography sampler ...), each against its own defaults, so every key has one home.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from ..config import ConfigError, merge_config, require_choice
+
+STAGES = ("magicpoint", "joint")
+
+DEFAULT_CONFIG = {
+    "name": "",                   # experiment name (default: the config file's stem)
+    "stage": "magicpoint",        # magicpoint (stage 1) | joint (stage 2)
+    "output": "",                 # run folder (default: runs/<name>)
+    "seed": 0,
+    "device": "auto",             # auto | cpu | cuda | cuda:N
+    "threads": 0,                 # torch CPU threads; 0 = torch's default
+    "model": {},                  # SuperSegmentation config (ignored keys are errors there)
+    "init": {
+        "checkpoint": "",         # start from this superseg_ros checkpoint ("" = from scratch)
+        "imagenet": "",           # torchvision ResNet state dict for the encoder ("" = none)
+    },
+    "data": {},                   # the stage's data settings (see training/data.py)
+    "homography": {},             # homography.DEFAULT_HOMOGRAPHY_CONFIG keys
+    "photometric": {},            # augment.DEFAULT_CONFIG keys
+    "adaptation": {},             # adaptation.DEFAULT_CONFIG keys (pseudo-labels, joint stage)
+    "loss": {},                   # the stage's loss weights and settings
+    "optimizer": {"lr": 0.001, "betas": [0.9, 0.999], "weight_decay": 0.0},
+    "schedule": {
+        "iterations": 1000,
+        "warmup": 0,              # linear warm-up steps
+        "decay": "constant",      # constant | cosine (to min_lr_ratio * lr at the last step)
+        "min_lr_ratio": 0.01,
+    },
+    "batch_size": 16,
+    "num_workers": 0,             # DataLoader worker processes (0: in the training process)
+    "amp": False,                 # fp16 autocast + GradScaler on CUDA (ignored on CPU)
+    "grad_clip": 0.0,             # max gradient norm; 0 = no clipping
+    "log_every": 25,              # steps between logged scalars
+    "image_every": 250,           # steps between TensorBoard image overlays
+    "checkpoint_every": 250,      # steps between checkpoints (always one at the end)
+    "validate_every": 500,        # steps between validations (0 = only at the end)
+    "validation": {},             # the stage's validation settings
+    "tensorboard": True,          # also write TensorBoard events (metrics.jsonl always)
+}
+
+# Keys that may change when a run is resumed: they do not change what is learned.
+RESUMABLE_CHANGES = ("output", "device", "threads", "num_workers", "log_every", "image_every",
+                     "checkpoint_every", "validate_every", "tensorboard", "schedule.iterations")
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """'a.b=value' -> (['a', 'b'], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.subkey=value")
+    key, value = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override '{text}' has no key")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
+
+
+def apply_overrides(raw: dict, overrides) -> dict:
+    raw = copy.deepcopy(raw)
+    for text in overrides or ():
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node[path[-1]] = value
+    return raw
+
+
+def training_config(raw: dict | None, name: str = "experiment") -> dict:
+    conf = merge_config(DEFAULT_CONFIG, raw, where="training config")
+    require_choice(conf["stage"], STAGES, "stage")
+    conf["name"] = conf["name"] or name
+    conf["output"] = conf["output"] or str(Path("runs") / conf["name"])
+    for key in ("batch_size",):
+        if conf[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {conf[key]}")
+    sched = conf["schedule"]
+    require_choice(sched["decay"], ("constant", "cosine"), "schedule.decay")
+    if sched["iterations"] < 1 or sched["warmup"] < 0:
+        raise ConfigError("schedule.iterations must be >= 1 and schedule.warmup >= 0")
+    for key in ("log_every", "image_every", "checkpoint_every"):
+        if conf[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {conf[key]}")
+    if conf["validate_every"] < 0 or conf["num_workers"] < 0 or conf["grad_clip"] < 0:
+        raise ConfigError("validate_every, num_workers and grad_clip must be >= 0")
+    return conf
+
+
+def load_config(path, overrides=()) -> dict:
+    """Read a YAML config, apply 'key.sub=value' overrides, merge onto the defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a training config is a mapping of keys, got "
+                          f"{type(raw).__name__}")
+    try:
+        return training_config(apply_overrides(raw, overrides), name=path.stem)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def flatten(conf: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in conf.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Keys whose values differ and that a resumed run may not change."""
+    a, b = flatten(saved), flatten(current)
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return [k for k in changed if k not in RESUMABLE_CHANGES]
