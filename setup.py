@@ -37,6 +37,8 @@ setup(
             "superseg-record = superseg_ros.cli.record:main",
             "superseg-launch = superseg_ros.ros.launch_cli:main",
             "superseg-eval = superseg_ros.evaluation.cli:main",
+            "superseg-train = superseg_ros.training.cli:main",
+            "superseg-adapt = superseg_ros.training.adapt_cli:main",
             # `ros2 run superseg_ros superseg_node` (setup.cfg installs scripts to lib/<pkg>)
             "superseg_node = superseg_ros.ros.node:main",
         ],
