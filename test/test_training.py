@@ -74,6 +74,8 @@ def test_shipped_configs_are_valid(path):
         data.ShapesDataset(conf["data"], conf["homography"], conf["photometric"], 3, 0)
     else:
         merge_config(data.PAIR_DATA_DEFAULTS, conf["data"], where="data")
+    from superseg_ros.training.adaptation import adaptation_config
+    adaptation_config(conf["adaptation"])
     from superseg_ros.network.superseg import model_config
     model_config(conf["model"])
 
