@@ -175,11 +175,13 @@ class GeneratedPairs:
     """
 
     def __init__(self, image_folder: str | Path, n_pairs: int, seed: int = 0,
-                 homography: dict | None = None, size: int | None = None):
+                 homography: dict | None = None, size: int | None = None,
+                 recursive: bool = False):
         self.folder = Path(image_folder)
         if not self.folder.is_dir():
             raise DatasetError(f"{self.folder}: no such image folder")
-        self.images = sorted(p for p in self.folder.iterdir()
+        files = self.folder.rglob("*") if recursive else self.folder.iterdir()
+        self.images = sorted(p for p in files
                              if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.images:
             raise DatasetError(f"{self.folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -217,7 +219,8 @@ class GeneratedPairs:
 
 
 def generated_pairs(image_folder: str | Path, n_pairs: int, seed: int = 0,
-                    homography_config: dict | None = None, size: int | None = None
-                    ) -> GeneratedPairs:
-    """`n_pairs` warped pairs from any image folder; `size` = max image side (None: as read)."""
-    return GeneratedPairs(image_folder, n_pairs, seed, homography_config, size)
+                    homography_config: dict | None = None, size: int | None = None,
+                    recursive: bool = False) -> GeneratedPairs:
+    """`n_pairs` warped pairs from any image folder; `size` = max image side (None: as read);
+    `recursive`: also the images in sub-folders (e.g. Cityscapes' leftImg8bit/val/<city>/)."""
+    return GeneratedPairs(image_folder, n_pairs, seed, homography_config, size, recursive)

@@ -103,6 +103,10 @@ class CityscapesFrames:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    def image_path(self, index: int) -> Path:
+        """The leftImg8bit PNG of frame `index`."""
+        return self._images[self.frames[index]]
+
     def folder(self, kind: str, city: str) -> Path:
         return self.root / kind / self.split / city
 

@@ -4,11 +4,16 @@
     superseg-train training/configs/joint_cpu.yaml --set init.checkpoint=runs/magicpoint_cpu/model.pt
     superseg-train CONFIG --set schedule.iterations=200 --output runs/try --restart
 
-Joint stage with `data.labels: adapt`: the pseudo-labels are made here with homographic
-adaptation (the `adaptation` block) by the init checkpoint, then the model trains on them; with
+Joint and cityscapes stages with `data.labels: adapt`: the pseudo-labels are made here with
+homographic adaptation (the `adaptation` block) by the init checkpoint (of `data.images`, or of
+<data.root>/leftImg8bit/<data.split> for cityscapes), then the model trains on them; with
 `data.label_rounds: N` it relabels with the model just trained and trains again, N times
 (SuperPoint's iterative adaptation). Round r lives in <output>/round<r>/ with its labels in
 <output>/labels_round<r>/; <output>/model.pt is the last round's model. Every part resumes.
+
+Several GPUs: `torchrun --nproc_per_node=N -m superseg_ros.training.cli CONFIG` runs the same
+config with DistributedDataParallel (batch_size per GPU; see training/distributed.py). Labels
+are made by rank 0 while the others wait (at most distributed.timeout_minutes).
 
 Exit codes: 0 done, 2 bad config/input (one line says what to fix), 130 interrupted (the last
 checkpoint is kept: run the same command to resume).
@@ -25,6 +30,7 @@ from pathlib import Path
 from ..checkpoint import CheckpointError, load_model
 from ..config import ConfigError
 from .config import load_config
+from .distributed import cleanup, env_context
 from .trainer import Trainer, TrainingError
 
 PROG = "superseg-train"
@@ -43,12 +49,22 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def labelled_images(config: dict) -> Path:
+    """The image folder that `data.labels: adapt` labels."""
+    if config["stage"] == "cityscapes":
+        from .cityscapes_data import cityscapes_data_config
+        data = cityscapes_data_config(config["data"])
+        return Path(data["root"]) / "leftImg8bit" / data["split"]
+    return Path(config["data"]["images"])
+
+
 def run_pipeline(config: dict, restart: bool = False, progress: bool = True) -> Path:
-    """One stage, or for the joint stage with labels 'adapt' the label/train rounds."""
+    """One stage, or for the joint/cityscapes stage with labels 'adapt' the label/train rounds."""
     data = config["data"]
-    if config["stage"] != "joint" or data.get("labels") != "adapt":
+    if config["stage"] not in ("joint", "cityscapes") or data.get("labels") != "adapt":
         return Trainer(config, restart=restart, progress=progress).run()
     from ..extractor import resolve_device
+    from . import distributed
     from .adaptation import adapt_folder
 
     output = Path(config["output"])
@@ -59,25 +75,32 @@ def run_pipeline(config: dict, restart: bool = False, progress: bool = True) -> 
     rounds = int(data.get("label_rounds", 1))
     if rounds < 1:
         raise ConfigError(f"data.label_rounds must be >= 1, got {rounds}")
-    device = resolve_device(config["device"])
+    images = labelled_images(config)
+    ctx = distributed.env_context()
+    device = distributed.device_for(resolve_device(config["device"]), ctx)
+    ctx = distributed.setup(config, device)
     model_path = None
     for r in range(1, rounds + 1):
         labels_dir = output / f"labels_round{r}"
-        summary = adapt_folder(load_model(labeller, device), data["images"], labels_dir,
-                               config["adaptation"], device=device, progress=progress)
-        print(f"round {r}/{rounds}: pseudo-labels by {labeller} in {labels_dir} "
-              f"({summary.get('images')} images)")
+        if ctx.main:  # one process labels, the others wait
+            summary = adapt_folder(load_model(labeller, device), images, labels_dir,
+                                   config["adaptation"], device=device, progress=progress)
+            print(f"round {r}/{rounds}: pseudo-labels by {labeller} in {labels_dir} "
+                  f"({summary.get('images')} images)")
+        distributed.barrier(ctx)
         round_config = copy.deepcopy(config)
         round_config["output"] = str(output / f"round{r}")
         round_config["name"] = f"{config['name']}_round{r}"
         if r > 1:
-            round_config["init"] = {"checkpoint": str(labeller), "imagenet": ""}
+            round_config["init"] = dict(config["init"], checkpoint=str(labeller), imagenet="")
             round_config["model"] = {}
         model_path = Trainer(round_config, restart=restart, progress=progress,
                              labels_dir=labels_dir).run()
         labeller = model_path
     final = output / "model.pt"
-    shutil.copyfile(model_path, final)
+    if ctx.main:
+        shutil.copyfile(model_path, final)
+    distributed.barrier(ctx)
     return final
 
 
@@ -94,7 +117,10 @@ def main(argv=None) -> int:
         print(f"{PROG}: interrupted; the last checkpoint is kept, run the same command to "
               "resume", file=sys.stderr)
         return 130
-    print(f"model: {path}")
+    finally:
+        cleanup()
+    if env_context().main:
+        print(f"model: {path}")
     return 0
 
 

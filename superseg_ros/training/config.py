@@ -16,11 +16,11 @@ import yaml
 
 from ..config import ConfigError, merge_config, require_choice
 
-STAGES = ("magicpoint", "joint")
+STAGES = ("magicpoint", "joint", "cityscapes")
 
 DEFAULT_CONFIG = {
     "name": "",                   # experiment name (default: the config file's stem)
-    "stage": "magicpoint",        # magicpoint (stage 1) | joint (stage 2)
+    "stage": "magicpoint",        # magicpoint (stage 1) | joint (stage 2) | cityscapes (stage 3)
     "output": "",                 # run folder (default: runs/<name>)
     "seed": 0,
     "device": "auto",             # auto | cpu | cuda | cuda:N
@@ -29,6 +29,8 @@ DEFAULT_CONFIG = {
     "init": {
         "checkpoint": "",         # start from this superseg_ros checkpoint ("" = from scratch)
         "imagenet": "",           # torchvision ResNet state dict for the encoder ("" = none)
+        "reset_semantic": False,  # True: an init checkpoint whose classes differ from the stage's
+                                  # gets a new (random) semantic classifier instead of an error
     },
     "data": {},                   # the stage's data settings (see training/data.py)
     "homography": {},             # homography.DEFAULT_HOMOGRAPHY_CONFIG keys
@@ -42,7 +44,8 @@ DEFAULT_CONFIG = {
         "decay": "constant",      # constant | cosine (to min_lr_ratio * lr at the last step)
         "min_lr_ratio": 0.01,
     },
-    "batch_size": 16,
+    "batch_size": 16,             # items per step and per process (torchrun: per GPU)
+    "accumulate": 1,              # micro-batches of batch_size per optimiser step
     "num_workers": 0,             # DataLoader worker processes (0: in the training process)
     "amp": False,                 # fp16 autocast + GradScaler on CUDA (ignored on CPU)
     "grad_clip": 0.0,             # max gradient norm; 0 = no clipping
@@ -52,11 +55,17 @@ DEFAULT_CONFIG = {
     "validate_every": 500,        # steps between validations (0 = only at the end)
     "validation": {},             # the stage's validation settings
     "tensorboard": True,          # also write TensorBoard events (metrics.jsonl always)
+    "distributed": {              # used when started by torchrun (WORLD_SIZE > 1)
+        "backend": "auto",        # auto (nccl on CUDA, gloo on the CPU) | nccl | gloo
+        "sync_batchnorm": False,  # BatchNorm statistics over all processes (CUDA only)
+        "timeout_minutes": 60,    # how long a process waits for the others (validation ...)
+    },
 }
 
 # Keys that may change when a run is resumed: they do not change what is learned.
 RESUMABLE_CHANGES = ("output", "device", "threads", "num_workers", "log_every", "image_every",
-                     "checkpoint_every", "validate_every", "tensorboard", "schedule.iterations")
+                     "checkpoint_every", "validate_every", "tensorboard", "schedule.iterations",
+                     "distributed.backend", "distributed.timeout_minutes")
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -87,7 +96,7 @@ def training_config(raw: dict | None, name: str = "experiment") -> dict:
     require_choice(conf["stage"], STAGES, "stage")
     conf["name"] = conf["name"] or name
     conf["output"] = conf["output"] or str(Path("runs") / conf["name"])
-    for key in ("batch_size",):
+    for key in ("batch_size", "accumulate"):
         if conf[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {conf[key]}")
     sched = conf["schedule"]
@@ -99,6 +108,8 @@ def training_config(raw: dict | None, name: str = "experiment") -> dict:
             raise ConfigError(f"{key} must be >= 1, got {conf[key]}")
     if conf["validate_every"] < 0 or conf["num_workers"] < 0 or conf["grad_clip"] < 0:
         raise ConfigError("validate_every, num_workers and grad_clip must be >= 0")
+    require_choice(conf["distributed"]["backend"], ("auto", "nccl", "gloo"),
+                   "distributed.backend")
     return conf
 
 
@@ -132,7 +143,12 @@ def flatten(conf: dict, prefix: str = "") -> dict:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """Keys whose values differ and that a resumed run may not change."""
+    """Keys whose values differ and that a resumed run may not change. A key the saved config
+    lacks (written before the key existed) counts as its default."""
+    defaults = flatten(DEFAULT_CONFIG)
     a, b = flatten(saved), flatten(current)
+    for key, value in defaults.items():
+        if key not in a and not any(k.startswith(key + ".") for k in a):
+            a[key] = value
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return [k for k in changed if k not in RESUMABLE_CHANGES]

@@ -45,6 +45,31 @@ class IndexRange(Sampler):
         return max(0, self.stop - self.first)
 
 
+class StepItems(Sampler):
+    """The items one process reads for optimiser steps first_step .. stop_step - 1, in order.
+
+    Step s covers G = batch * world * accumulate items, s*G .. s*G + G - 1; micro-batch a of
+    process `rank` reads s*G + (a*world + rank)*batch + 0 .. batch - 1 (distributed.step_items).
+    With one process and no accumulation this is IndexRange(first_step*batch, stop_step*batch).
+    """
+
+    def __init__(self, first_step: int, stop_step: int, batch: int, world: int = 1,
+                 rank: int = 0, accumulate: int = 1):
+        self.first, self.stop = int(first_step), int(stop_step)
+        self.batch, self.world, self.rank = int(batch), int(world), int(rank)
+        self.accumulate = int(accumulate)
+
+    def __iter__(self):
+        per_step = self.batch * self.world * self.accumulate
+        for step in range(self.first, self.stop):
+            for micro in range(self.accumulate):
+                first = step * per_step + (micro * self.world + self.rank) * self.batch
+                yield from range(first, first + self.batch)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.first) * self.accumulate * self.batch
+
+
 # --- shared steps --------------------------------------------------------------------------------
 
 

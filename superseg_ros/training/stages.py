@@ -4,6 +4,9 @@
     joint       stage 2: detector on both views of a warped pair (pseudo-labels from homographic
                 adaptation), descriptor triplet loss on correspondences, sub-pixel loss from
                 homography-consistent positions
+    cityscapes  stage 3: all four heads on Cityscapes frames, the second view made by the
+                road-plane (ego-motion) homography composed with a mild random one; fixed or
+                learned (uncertainty) loss weights; validation: homography AUC and 4-group mIoU
 
 A stage is used by `trainer.Trainer`; it never touches optimisers, checkpoints or logging.
 """
@@ -13,11 +16,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from ..config import merge_config
+from ..config import ConfigError, merge_config, require_choice
 from ..extractor import Extractor
-from ..network import CELL
+from ..network import CELL, HEADS
 from ..postprocess import nms_peaks
+from ..semantics import GROUPS, IGNORE, semantics_for
 from ..visualize import draw_keypoints
 from . import losses as L
 from .data import PairDataset, ShapesDataset
@@ -221,4 +227,258 @@ class Joint:
     key_metric = "homography_auc@3px"
 
 
-STAGES = {"magicpoint": MagicPoint, "joint": Joint}
+# --- stage 3 -------------------------------------------------------------------------------------
+
+
+def confusion_matrix(predicted, target, num_classes: int, ignore: int = IGNORE) -> np.ndarray:
+    """(n, n) int64 counts, rows = true class, columns = predicted class, over the pixels whose
+    target is not `ignore` (and is a valid class)."""
+    predicted = np.asarray(predicted).reshape(-1).astype(np.int64)
+    target = np.asarray(target).reshape(-1).astype(np.int64)
+    keep = (target != ignore) & (target >= 0) & (target < num_classes)
+    index = target[keep] * num_classes + np.clip(predicted[keep], 0, num_classes - 1)
+    return np.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def intersection_over_union(confusion: np.ndarray) -> tuple[float, np.ndarray]:
+    """(mean IoU over the classes that occur in the target or the prediction, per-class IoU with
+    NaN for classes that occur in neither). IoU = TP / (TP + FP + FN)."""
+    confusion = np.asarray(confusion, np.float64)
+    tp = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+    return (float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")), iou
+
+
+class LossWeights(nn.Module):
+    """How the stage's losses add up.
+
+    fixed:        total = sum_i w_i L_i (`loss.<name>` weights)
+    uncertainty:  total = sum_i exp(-s_i) L_i + s_i with s_i = log sigma_i^2 learned (Kendall,
+                  Gal & Cipolla, CVPR 2018); `loss.initial_log_variance` starts them. The
+                  fixed weights are not used then.
+    """
+
+    def __init__(self, names, mode: str, weights: dict, initial_log_variance: float = 0.0):
+        super().__init__()
+        self.names, self.mode = tuple(names), mode
+        self.fixed = {n: float(weights[n]) for n in self.names}
+        if mode == "uncertainty":
+            self.log_variance = nn.Parameter(torch.full((len(self.names),),
+                                                        float(initial_log_variance)))
+
+    def forward(self, losses: dict) -> torch.Tensor:
+        if self.mode == "fixed":
+            return sum(self.fixed[n] * losses[n] for n in self.names)
+        s = self.log_variance
+        return sum(torch.exp(-s[i]) * losses[n].float() + s[i] for i, n in enumerate(self.names))
+
+    def scalars(self) -> dict:
+        """What TensorBoard shows: s_i and the effective weights exp(-s_i)."""
+        if self.mode == "fixed":
+            return {}
+        s = self.log_variance.detach().float().cpu()
+        out = {f"log_variance_{n}": float(s[i]) for i, n in enumerate(self.names)}
+        out.update({f"weight_{n}": float(torch.exp(-s[i])) for i, n in enumerate(self.names)})
+        return out
+
+
+class Cityscapes:
+    """Stage 3: the four heads together on Cityscapes (see cityscapes_data.CityscapesPairs)."""
+
+    name = "cityscapes"
+    trains = HEADS
+    LOSSES = ("detector", "descriptor", "segmentation", "subpixel")
+    loss_defaults = {"weighting": "fixed",          # fixed | uncertainty (learned, Kendall 2018)
+                     "detector": 1.0, "descriptor": 1.0, "segmentation": 1.0, "subpixel": 1.0,
+                     "initial_log_variance": 0.0,   # s_i at the start (uncertainty weighting)
+                     "descriptor_margin": 1.0, "max_points": 512, "exclusion_radius": 8.0}
+    validation_defaults = {
+        "images": 100,          # val frames for the mIoU (spread over the split; 0 = all)
+        "pairs": 16,            # generated pairs from val frames for the homography metrics
+        "max_keypoints": 1000,
+        "seed": 0,
+        "size": [],             # [H, W] the val frames are resized to (default: data.size)
+        "key_metric": "miou",   # what best.pt keeps the best of: miou | homography_auc@3px
+    }
+    KEY_METRICS = ("miou", "miou_classes", "homography_auc@3px", "homography_accuracy@3px",
+                   "repeatability@3px", "nn_map", "matching_score")
+
+    def __init__(self, config: dict, channels: int, labels_dir=None):
+        from .cityscapes_data import CityscapesPairs
+        self.config = config
+        self.weights = merge_config(self.loss_defaults, config["loss"], where="loss")
+        require_choice(self.weights["weighting"], ("fixed", "uncertainty"), "loss.weighting")
+        self.validation = merge_config(self.validation_defaults, config["validation"],
+                                       where="validation")
+        require_choice(self.validation["key_metric"], self.KEY_METRICS, "validation.key_metric")
+        self.key_metric = self.validation["key_metric"]
+        self.dataset = CityscapesPairs(config["data"], config["homography"],
+                                       config["photometric"], channels, config["seed"],
+                                       labels_dir=labels_dir)
+        self.semantics = semantics_for(self.dataset.mode)
+        self.class_to_group = np.asarray(self.semantics["class_to_group"], np.int64)
+        self.loss_weights = LossWeights(self.LOSSES, self.weights["weighting"], self.weights,
+                                        self.weights["initial_log_variance"])
+        self._val_frames = None
+
+    @staticmethod
+    def model_semantics(config: dict) -> dict:
+        """The class/group table the semantic head must have (from data.label_mode)."""
+        from .cityscapes_data import cityscapes_data_config
+        return semantics_for(cityscapes_data_config(config["data"])["label_mode"])
+
+    # --- the parameters of the loss itself (learned weights) ---------------------------------
+    def parameters(self) -> list:
+        return list(self.loss_weights.parameters())
+
+    def to(self, device):
+        self.loss_weights.to(device)
+        return self
+
+    def state_dict(self) -> dict:
+        return {k: v.detach().cpu().clone() for k, v in self.loss_weights.state_dict().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss_weights.load_state_dict(state)
+
+    def total_loss(self, losses: dict) -> torch.Tensor:
+        return self.loss_weights(losses)
+
+    def loss_scalars(self) -> dict:
+        return self.loss_weights.scalars()
+
+    # --- training ------------------------------------------------------------------------------
+    def losses(self, model, batch: dict, generator: torch.Generator) -> tuple[dict, dict]:
+        both = torch.cat([batch["image_a"], batch["image_b"]])  # one pass: BatchNorm sees both
+        out = model(both, semantics=True)
+        b = batch["image_a"].shape[0]
+        out_a = {k: v[:b] for k, v in out.items()}
+        out_b = {k: v[b:] for k, v in out.items()}
+        det_a, sub_a = keypoint_losses(out_a, batch["labels_a"], batch["offsets_a"],
+                                       batch["valid_cells_a"])
+        det_b, sub_b = keypoint_losses(out_b, batch["labels_b"], batch["offsets_b"],
+                                       batch["valid_cells_b"])
+        shape = batch["image_a"].shape[-2:]
+        xy_a, xy_b, valid = L.sample_correspondences(
+            batch["H"], shape, shape, int(self.weights["max_points"]), generator,
+            valid_b=batch["valid_b"])
+        descriptor = L.descriptor_loss(out_a["descriptors"], out_b["descriptors"], xy_a, xy_b,
+                                       valid, self.weights["descriptor_margin"],
+                                       self.weights["exclusion_radius"])
+        segmentation = L.segmentation_loss(
+            out["segmentation"], torch.cat([batch["segmentation_a"], batch["segmentation_b"]]),
+            IGNORE)
+        return {"detector": (det_a + det_b) / 2, "descriptor": descriptor,
+                "segmentation": segmentation, "subpixel": (sub_a + sub_b) / 2}, out_a
+
+    def groups_of(self, classes: np.ndarray) -> np.ndarray:
+        """Class ids -> stability group ids (IGNORE stays IGNORE)."""
+        classes = np.asarray(classes)
+        table = np.full(256, IGNORE, np.uint8)
+        table[:len(self.class_to_group)] = self.class_to_group
+        return table[classes.astype(np.uint8)]
+
+    def preview(self, batch: dict, out: dict) -> np.ndarray:
+        """Left: labelled keypoints on the true groups; right: predicted keypoints on the
+        predicted groups (static grey, flat purple, dynamic red, unstable green, ignore black)."""
+        image = (batch["image_a"][0].detach().float().permute(1, 2, 0).cpu().numpy() * 255)
+        image = image.clip(0, 255).astype(np.uint8)
+        if image.shape[2] == 1:
+            image = np.repeat(image, 3, axis=2)
+        h, w = image.shape[:2]
+        seg = F.interpolate(out["segmentation"][:1].detach().float(), size=(h, w),
+                            mode="bilinear", align_corners=False)[0].argmax(0).cpu().numpy()
+        labels = batch["labels_a"][0].cpu()
+        pixels, _, has = label_pixels(labels[None], torch.zeros(*labels.shape, 2),
+                                      torch.ones_like(labels, dtype=torch.bool)[None])
+        truth = pixels[0][has[0]].numpy().astype(np.float32)
+        heat = out["heatmap"][0].detach().float().cpu()
+        peaks = (nms_peaks(heat[None], 4)[0] & (heat >= 0.015)).nonzero().flip(-1).numpy()
+        left = draw_keypoints(image, truth, np.ones(len(truth), bool), group_map=self.groups_of(
+            batch["segmentation_a"][0].cpu().numpy()))
+        right = draw_keypoints(image, peaks.astype(np.float32), np.ones(len(peaks), bool),
+                               group_map=self.groups_of(seg))
+        return cv2.cvtColor(np.hstack([left, right]), cv2.COLOR_BGR2RGB)
+
+    # --- validation ----------------------------------------------------------------------------
+    def validation_size(self) -> tuple[int, int]:
+        size = self.validation["size"] or self.dataset.data["size"]
+        if len(size) != 2 or any(int(v) % CELL for v in size):
+            raise ConfigError(f"validation.size must be [H, W], multiples of {CELL}, got {size}")
+        return int(size[0]), int(size[1])
+
+    def validation_frames(self):
+        split = self.dataset.data["validation_split"]
+        if not split:
+            return None
+        if self._val_frames is None:
+            from .cityscapes_data import frames_reader
+            modes = ["groups4"] + ([self.dataset.mode] if self.dataset.mode != "groups4" else [])
+            self._val_frames = frames_reader(self.dataset.data, split, modes)
+        return self._val_frames
+
+    def validate(self, model, device) -> dict:
+        """4-group mIoU (and the class mIoU with classes19) on the val frames, and
+        superseg-eval's homography metrics on generated pairs from them."""
+        frames = self.validation_frames()
+        if frames is None:
+            return {}
+        results = self.segmentation_metrics(model, device, frames)
+        results.update(self.homography_metrics(model, device, frames))
+        return results
+
+    def segmentation_metrics(self, model, device, frames) -> dict:
+        if not frames.has("gtFine"):
+            return {}
+        conf, (h, w) = self.validation, self.validation_size()
+        n = len(frames) if conf["images"] <= 0 else min(conf["images"], len(frames))
+        n_classes = len(self.semantics["classes"])
+        groups = np.zeros((len(GROUPS), len(GROUPS)), np.int64)
+        classes = np.zeros((n_classes, n_classes), np.int64)
+        channels = model.config["input_channels"]
+        from .data import to_tensor
+        for i in range(n):
+            frame = frames[(i * len(frames)) // n]
+            image = frame["image"]
+            h0, w0 = image.shape[:2]
+            x = to_tensor(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA), channels)
+            logits = model(x[None].to(device), semantics=True)["segmentation"].float()
+            logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
+            predicted = logits[0].argmax(0).cpu().numpy()
+            groups += confusion_matrix(self.groups_of(predicted), frame["labels"]["groups4"],
+                                       len(GROUPS))
+            if self.dataset.mode != "groups4":
+                classes += confusion_matrix(predicted, frame["labels"][self.dataset.mode],
+                                            n_classes)
+        miou, ious = intersection_over_union(groups)
+        out = {"miou": miou, **{f"iou_{g}": float(v) for g, v in zip(GROUPS, ious)}}
+        if self.dataset.mode != "groups4":
+            out["miou_classes"] = intersection_over_union(classes)[0]
+        out["pixel_accuracy"] = float(np.trace(groups) / max(1, groups.sum()))
+        return out
+
+    def homography_metrics(self, model, device, frames) -> dict:
+        from ..evaluation import metrics as M
+        from ..evaluation.baselines import make_superseg
+        from ..evaluation.datasets import generated_pairs
+        conf = self.validation
+        folder = frames.root / "leftImg8bit" / frames.split
+        pairs = generated_pairs(folder, conf["pairs"], conf["seed"],
+                                size=max(self.validation_size()), recursive=True)
+        method = make_superseg(model, "training", max_keypoints=conf["max_keypoints"],
+                               semantic_filter="off", device=device)
+        results = []
+        for i, pair in enumerate(pairs):
+            fa = method.extract(pair.image_a, conf["max_keypoints"])
+            fb = method.extract(pair.image_b, conf["max_keypoints"])
+            results.append(M.evaluate_pair(fa, fb, pair.H, pair.image_a.shape[:2],
+                                           pair.image_b.shape[:2], False, i))
+        s = M.summarize(results)
+        return {k: s[k] for k in ("homography_auc@3px", "homography_accuracy@3px",
+                                  "repeatability@3px", "localization_error", "nn_map",
+                                  "matching_score")}
+
+
+STAGES = {"magicpoint": MagicPoint, "joint": Joint, "cityscapes": Cityscapes}
