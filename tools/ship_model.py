@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Copy a trained checkpoint to models/superseg.pt with fp16 storage (half the size).
+
+    python tools/ship_model.py runs/joint_cpu/model.pt
+
+The file keeps the training record (meta: stages, configs, steps, wall time) and the list of
+trained heads; the semantic head of a model trained here stays marked untrained, so the node and
+the extractor run without the semantic filter and say so. Loading restores fp32 weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from superseg_ros.checkpoint import load_model, save_checkpoint  # noqa: E402
+
+LIMIT_MB = 30.0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--output", default=str(ROOT / "models" / "superseg.pt"))
+    args = p.parse_args(argv)
+    model = load_model(args.checkpoint)
+    meta = dict(model.meta, shipped_from=str(args.checkpoint), storage="fp16")
+    path = save_checkpoint(model, args.output, meta=meta, half=True)
+    size = path.stat().st_size / 2**20
+    print(f"{path}: {size:.1f} MiB, heads {model.trained_heads}")
+    if size > LIMIT_MB:
+        print(f"ship_model: {path} is larger than {LIMIT_MB} MB", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
