@@ -1,0 +1,34 @@
+"""The model that ships in models/: loadable, small, honest about its untrained semantic head."""
+
+import numpy as np
+import pytest
+
+from superseg_ros.checkpoint import bundled_model_path, open_model
+from superseg_ros.extractor import Extractor
+from superseg_ros.training.synthetic_shapes import SyntheticShapes
+
+BUNDLED = bundled_model_path()
+pytestmark = pytest.mark.skipif(BUNDLED is None, reason="no models/superseg.pt in this tree")
+
+
+def test_bundled_model_is_small_and_loads_by_default():
+    assert BUNDLED.stat().st_size < 30 * 2**20
+    model, name = open_model(None)
+    assert name.startswith("superseg.pt")
+    assert model.trained_heads == {"detector": True, "descriptor": True, "semantic": False,
+                                   "subpixel": True}
+    # the file says how it was made: stage 1 then stage 2, with their configs
+    stages = [m["stage"] for m in model.meta["history"]] + [model.meta["stage"]]
+    assert stages == ["magicpoint", "joint"]
+    assert model.meta["config"]["name"] == "joint_cpu"
+
+
+def test_bundled_model_runs_without_the_semantic_filter_and_says_so():
+    model, _ = open_model(None)
+    extractor = Extractor(model, {"max_keypoints": 200}, device="cpu")
+    assert not extractor.semantic_active
+    assert "semantic head is untrained" in extractor.semantic_note
+    image = SyntheticShapes({"height": 120, "width": 160}, seed=1).sample(3).image
+    features = extractor(np.repeat(image[..., None], 3, axis=2)).unbatch()[0]
+    assert len(features["keypoints"]) > 0
+    assert (features["groups"] == 255).all()
