@@ -20,7 +20,7 @@ def test_bundled_model_is_small_and_loads_by_default():
     # the file says how it was made: stage 1 then stage 2, with their configs
     stages = [m["stage"] for m in model.meta["history"]] + [model.meta["stage"]]
     assert stages == ["magicpoint", "joint"]
-    assert model.meta["config"]["name"] == "joint_cpu"
+    assert model.meta["config"]["name"] == "joint_cpu_round1"  # label round 1 of joint_cpu
 
 
 def test_bundled_model_runs_without_the_semantic_filter_and_says_so():

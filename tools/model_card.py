@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -36,6 +37,11 @@ def replace_block(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda _: f"{start}\n{body.rstrip()}\n{end}", text)
 
 
+def config_name(conf: dict) -> str:
+    """The config file a run came from (adaptation rounds are named <config>_round<r>)."""
+    return re.sub(r"_round\d+$", "", str(conf.get("name")))
+
+
 def training_record(model) -> str:
     stages = list(model.meta.get("history", [])) + [
         {k: v for k, v in model.meta.items() if k != "history"}]
@@ -48,7 +54,7 @@ def training_record(model) -> str:
                                     data.get("shapes", {}).get("width")]
         lines.append(f"| {s.get('stage')} | {s.get('name')} | {s.get('step')} | "
                      f"{s.get('wall_time_s', 0) / 60:.1f} min | {conf.get('batch_size')} | "
-                     f"{size[0]}x{size[1]} | `training/configs/{conf.get('name')}.yaml` |")
+                     f"{size[0]}x{size[1]} | `training/configs/{config_name(conf)}.yaml` |")
     heads = ", ".join(f"{h}: {'trained' if t else 'UNTRAINED'}"
                       for h, t in model.trained_heads.items())
     return "\n".join(lines) + f"\n\nHeads: {heads}.\n"
@@ -67,7 +73,8 @@ def data_record(split_path: Path) -> str:
     lines += [f"| `{folder}` | {c['train']} | {c['heldout']} |" for folder, c in counts.items()]
     return "\n".join(lines) + (f"\n\nImages scaled to cover {split['cover_hw'][0]}x"
                                 f"{split['cover_hw'][1]} (aspect kept) by "
-                                f"`tools/prepare_images.py`; split file `{split_path}`.\n")
+                                f"`tools/prepare_images.py`; split file "
+                                f"`{os.path.relpath(split_path, ROOT)}`.\n")
 
 
 def quality_targets(summaries: dict) -> str:
