@@ -52,6 +52,29 @@ def keypoint_losses(out: dict, labels, offsets, valid_cells) -> tuple[torch.Tens
     return detector, subpixel
 
 
+def pair_losses(model, batch: dict, settings: dict, generator: torch.Generator,
+                semantics: bool = False) -> tuple[dict, dict, dict]:
+    """Keypoint losses of a warped pair (both views in one pass, so BatchNorm sees both):
+    detector CE and sub-pixel L1 averaged over the views, triplet loss on correspondences.
+    Returns the losses and the outputs of view A and of both views."""
+    out = model(torch.cat([batch["image_a"], batch["image_b"]]), semantics=semantics)
+    b = batch["image_a"].shape[0]
+    out_a = {k: v[:b] for k, v in out.items()}
+    out_b = {k: v[b:] for k, v in out.items()}
+    det_a, sub_a = keypoint_losses(out_a, batch["labels_a"], batch["offsets_a"],
+                                   batch["valid_cells_a"])
+    det_b, sub_b = keypoint_losses(out_b, batch["labels_b"], batch["offsets_b"],
+                                   batch["valid_cells_b"])
+    shape = batch["image_a"].shape[-2:]
+    xy_a, xy_b, valid = L.sample_correspondences(
+        batch["H"], shape, shape, int(settings["max_points"]), generator, valid_b=batch["valid_b"])
+    descriptor = L.descriptor_loss(out_a["descriptors"], out_b["descriptors"], xy_a, xy_b, valid,
+                                   settings["descriptor_margin"], settings["exclusion_radius"])
+    losses = {"detector": (det_a + det_b) / 2, "descriptor": descriptor,
+              "subpixel": (sub_a + sub_b) / 2}
+    return losses, out_a, out
+
+
 def overlay(image: torch.Tensor, heatmap: torch.Tensor, labels: torch.Tensor,
             threshold: float = 0.015) -> np.ndarray:
     """RGB uint8 picture: labelled keypoints (green circles), predicted peaks (red dots)."""
@@ -178,24 +201,8 @@ class Joint:
                                    channels, config["seed"], labels_dir=labels_dir)
 
     def losses(self, model, batch: dict, generator: torch.Generator) -> tuple[dict, dict]:
-        both = torch.cat([batch["image_a"], batch["image_b"]])  # one pass: BatchNorm sees both
-        out = model(both, semantics=False)
-        b = batch["image_a"].shape[0]
-        out_a = {k: v[:b] for k, v in out.items()}
-        out_b = {k: v[b:] for k, v in out.items()}
-        det_a, sub_a = keypoint_losses(out_a, batch["labels_a"], batch["offsets_a"],
-                                       batch["valid_cells_a"])
-        det_b, sub_b = keypoint_losses(out_b, batch["labels_b"], batch["offsets_b"],
-                                       batch["valid_cells_b"])
-        shape = batch["image_a"].shape[-2:]
-        xy_a, xy_b, valid = L.sample_correspondences(
-            batch["H"], shape, shape, int(self.weights["max_points"]), generator,
-            valid_b=batch["valid_b"])
-        descriptor = L.descriptor_loss(out_a["descriptors"], out_b["descriptors"], xy_a, xy_b,
-                                       valid, self.weights["descriptor_margin"],
-                                       self.weights["exclusion_radius"])
-        return {"detector": (det_a + det_b) / 2, "descriptor": descriptor,
-                "subpixel": (sub_a + sub_b) / 2}, out_a
+        losses, out_a, _ = pair_losses(model, batch, self.weights, generator)
+        return losses, out_a
 
     def preview(self, batch: dict, out: dict) -> np.ndarray:
         return overlay(batch["image_a"][0], out["heatmap"][0], batch["labels_a"][0])
@@ -351,27 +358,11 @@ class Cityscapes:
 
     # --- training ------------------------------------------------------------------------------
     def losses(self, model, batch: dict, generator: torch.Generator) -> tuple[dict, dict]:
-        both = torch.cat([batch["image_a"], batch["image_b"]])  # one pass: BatchNorm sees both
-        out = model(both, semantics=True)
-        b = batch["image_a"].shape[0]
-        out_a = {k: v[:b] for k, v in out.items()}
-        out_b = {k: v[b:] for k, v in out.items()}
-        det_a, sub_a = keypoint_losses(out_a, batch["labels_a"], batch["offsets_a"],
-                                       batch["valid_cells_a"])
-        det_b, sub_b = keypoint_losses(out_b, batch["labels_b"], batch["offsets_b"],
-                                       batch["valid_cells_b"])
-        shape = batch["image_a"].shape[-2:]
-        xy_a, xy_b, valid = L.sample_correspondences(
-            batch["H"], shape, shape, int(self.weights["max_points"]), generator,
-            valid_b=batch["valid_b"])
-        descriptor = L.descriptor_loss(out_a["descriptors"], out_b["descriptors"], xy_a, xy_b,
-                                       valid, self.weights["descriptor_margin"],
-                                       self.weights["exclusion_radius"])
-        segmentation = L.segmentation_loss(
+        losses, out_a, out = pair_losses(model, batch, self.weights, generator, semantics=True)
+        losses["segmentation"] = L.segmentation_loss(
             out["segmentation"], torch.cat([batch["segmentation_a"], batch["segmentation_b"]]),
             IGNORE)
-        return {"detector": (det_a + det_b) / 2, "descriptor": descriptor,
-                "segmentation": segmentation, "subpixel": (sub_a + sub_b) / 2}, out_a
+        return losses, out_a
 
     def groups_of(self, classes: np.ndarray) -> np.ndarray:
         """Class ids -> stability group ids (IGNORE stays IGNORE)."""
