@@ -63,20 +63,61 @@ def require_choice(value: Any, choices, name: str) -> Any:
     return value
 
 
+def flatten(nested: Mapping, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1} (an empty mapping stays a value)."""
+    flat = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_yaml(path, what: str = "file") -> Any:
+    """A YAML file's content, with one clear ConfigError for an unreadable or invalid file."""
+    import yaml  # local: only the CLIs and the node read YAML
+
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+
+
+def apply_overrides(conf: dict, items, example: str = "key.subkey=value") -> dict:
+    """`KEY=VALUE` strings (command-line --set) into a copy of `conf`; values are YAML (so
+    [240, 320], true, null work) and dotted keys reach into nested settings."""
+    import yaml
+
+    conf = copy.deepcopy(conf)
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. {example}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
+        *parents, leaf = key.strip().split(".")
+        node = conf
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is not a group of settings")
+        node[leaf] = value
+    return conf
+
+
 def read_parameters(path, node: str = "superseg_node") -> dict:
     """The `ros__parameters` of `node` in a ROS 2 parameter file (a plain mapping also works).
 
     ROS wildcards (`/**`) are honoured, so the file the node reads is the file the CLIs read.
     """
-    import yaml  # local: only the CLIs and the node read YAML
-
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read parameter file {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    data = read_yaml(path, "parameter file") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for key in (node, f"/{node}", "/**"):

@@ -20,6 +20,16 @@ def tiny_model():
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one thread for the test (restored after): tiny models run faster without
+    OpenMP synchronisation, and a test never competes with itself for the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

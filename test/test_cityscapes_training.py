@@ -47,11 +47,8 @@ SKY, BUILDING, ROAD, CAR, VEGETATION = 23, 11, 7, 26, 21
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Tiny models: one thread avoids OpenMP waiting on the shared 2 cores."""
 
 
 def _write(path: Path, data) -> None:

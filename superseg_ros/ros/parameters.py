@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..config import ConfigError, merge_config, require_choice
+from ..config import ConfigError, flatten, merge_config, require_choice
 from ..extractor import DEFAULT_EXTRACTOR_CONFIG
 
 NODE_NAME = "superseg_node"
@@ -38,17 +38,6 @@ NODE_DEFAULTS = {
 
 # Safe to change while running: they only affect post-processing or what is published.
 RUNTIME_PREFIXES = ("extractor.", "publish.", "max_side", "scale")
-
-
-def flatten(nested: Mapping, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in nested.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict:

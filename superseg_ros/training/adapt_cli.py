@@ -17,10 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
 
 from ..checkpoint import RANDOM, CheckpointError, open_model
-from ..config import ConfigError
+from ..config import ConfigError, apply_overrides, read_yaml
 from ..extractor import resolve_device
 from .adaptation import adapt_folder, adaptation_config, list_images
 
@@ -50,13 +49,7 @@ def read_config_file(path: Path | None) -> dict:
     """The adaptation settings in a YAML file: its `adaptation:` block if it has one."""
     if path is None:
         return {}
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    data = read_yaml(path, "config") or {}
     if isinstance(data, dict) and "adaptation" in data:
         data = data["adaptation"] or {}
     if not isinstance(data, dict):
@@ -64,33 +57,13 @@ def read_config_file(path: Path | None) -> dict:
     return data
 
 
-def apply_overrides(conf: dict, items: list[str]) -> dict:
-    """`KEY=VALUE` strings into `conf`; values are YAML (so [240, 320], true, null work) and
-    dotted keys reach into nested settings."""
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. num_homographies=50")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
-        *parents, leaf = key.strip().split(".")
-        node = conf
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: '{part}' is not a group of settings")
-        node[leaf] = value
-    return conf
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         if args.preview < 0:
             raise ConfigError("--preview must be >= 0")
-        conf = adaptation_config(apply_overrides(read_config_file(args.config), args.overrides))
+        conf = adaptation_config(apply_overrides(read_config_file(args.config), args.overrides,
+                                                    example="num_homographies=50"))
         list_images(args.images, exclude=args.output)  # fail before loading a model
         device = resolve_device(args.device)
         model, description = open_model(args.model, device)

@@ -9,12 +9,11 @@ homography sampler ...), each against its own defaults, so every key has one hom
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
-import yaml
 
-from ..config import ConfigError, merge_config, require_choice
+from ..config import ConfigError, apply_overrides, flatten, merge_config, read_yaml, \
+    require_choice
 
 STAGES = ("magicpoint", "joint", "cityscapes")
 
@@ -68,29 +67,6 @@ RESUMABLE_CHANGES = ("output", "device", "threads", "num_workers", "log_every", 
                      "distributed.backend", "distributed.timeout_minutes")
 
 
-def parse_override(text: str) -> tuple[list[str], object]:
-    """'a.b=value' -> (['a', 'b'], value parsed as YAML)."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key.subkey=value")
-    key, value = text.split("=", 1)
-    if not key.strip():
-        raise ConfigError(f"override '{text}' has no key")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
-
-
-def apply_overrides(raw: dict, overrides) -> dict:
-    raw = copy.deepcopy(raw)
-    for text in overrides or ():
-        path, value = parse_override(text)
-        node = raw
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{text}': '{part}' is not a section")
-        node[path[-1]] = value
-    return raw
-
-
 def training_config(raw: dict | None, name: str = "experiment") -> dict:
     conf = merge_config(DEFAULT_CONFIG, raw, where="training config")
     require_choice(conf["stage"], STAGES, "stage")
@@ -118,10 +94,7 @@ def load_config(path, overrides=()) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    raw = read_yaml(path, "config") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a training config is a mapping of keys, got "
                           f"{type(raw).__name__}")
@@ -129,17 +102,6 @@ def load_config(path, overrides=()) -> dict:
         return training_config(apply_overrides(raw, overrides), name=path.stem)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-
-
-def flatten(conf: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in conf.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

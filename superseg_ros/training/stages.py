@@ -75,6 +75,28 @@ def pair_losses(model, batch: dict, settings: dict, generator: torch.Generator,
     return losses, out_a, out
 
 
+def homography_validation(model, device, folder, conf: dict, size: int,
+                          recursive: bool = False) -> dict:
+    """superseg-eval's metrics on `conf["pairs"]` generated pairs (seed `conf["seed"]`) from an
+    image folder, at most `size` px per side, `conf["max_keypoints"]` per image."""
+    from ..evaluation import metrics as M
+    from ..evaluation.baselines import make_superseg
+    from ..evaluation.datasets import generated_pairs
+    pairs = generated_pairs(folder, conf["pairs"], conf["seed"], size=size, recursive=recursive)
+    method = make_superseg(model, "training", max_keypoints=conf["max_keypoints"],
+                           semantic_filter="off", device=device)
+    results = []
+    for i, pair in enumerate(pairs):
+        fa = method.extract(pair.image_a, conf["max_keypoints"])
+        fb = method.extract(pair.image_b, conf["max_keypoints"])
+        results.append(M.evaluate_pair(fa, fb, pair.H, pair.image_a.shape[:2],
+                                       pair.image_b.shape[:2], False, i))
+    s = M.summarize(results)
+    return {k: s[k] for k in ("homography_auc@3px", "homography_accuracy@3px",
+                              "repeatability@3px", "localization_error", "nn_map",
+                              "matching_score")}
+
+
 def overlay(image: torch.Tensor, heatmap: torch.Tensor, labels: torch.Tensor,
             threshold: float = 0.015) -> np.ndarray:
     """RGB uint8 picture: labelled keypoints (green circles), predicted peaks (red dots)."""
@@ -212,24 +234,8 @@ class Joint:
         folder = self.dataset.data["validation_images"]
         if not folder:
             return {}
-        from ..evaluation import metrics as M
-        from ..evaluation.baselines import make_superseg
-        from ..evaluation.datasets import generated_pairs
-        conf = self.validation
-        pairs = generated_pairs(folder, conf["pairs"], conf["seed"],
-                                size=max(self.dataset.data["size"]))
-        method = make_superseg(model, "training", max_keypoints=conf["max_keypoints"],
-                               semantic_filter="off", device=device)
-        results = []
-        for i, pair in enumerate(pairs):
-            fa = method.extract(pair.image_a, conf["max_keypoints"])
-            fb = method.extract(pair.image_b, conf["max_keypoints"])
-            results.append(M.evaluate_pair(fa, fb, pair.H, pair.image_a.shape[:2],
-                                           pair.image_b.shape[:2], False, i))
-        s = M.summarize(results)
-        return {k: s[k] for k in ("homography_auc@3px", "homography_accuracy@3px",
-                                  "repeatability@3px", "localization_error", "nn_map",
-                                  "matching_score")}
+        return homography_validation(model, device, folder, self.validation,
+                                     max(self.dataset.data["size"]))
 
     key_metric = "homography_auc@3px"
 
@@ -451,25 +457,9 @@ class Cityscapes:
         return out
 
     def homography_metrics(self, model, device, frames) -> dict:
-        from ..evaluation import metrics as M
-        from ..evaluation.baselines import make_superseg
-        from ..evaluation.datasets import generated_pairs
-        conf = self.validation
-        folder = frames.root / "leftImg8bit" / frames.split
-        pairs = generated_pairs(folder, conf["pairs"], conf["seed"],
-                                size=max(self.validation_size()), recursive=True)
-        method = make_superseg(model, "training", max_keypoints=conf["max_keypoints"],
-                               semantic_filter="off", device=device)
-        results = []
-        for i, pair in enumerate(pairs):
-            fa = method.extract(pair.image_a, conf["max_keypoints"])
-            fb = method.extract(pair.image_b, conf["max_keypoints"])
-            results.append(M.evaluate_pair(fa, fb, pair.H, pair.image_a.shape[:2],
-                                           pair.image_b.shape[:2], False, i))
-        s = M.summarize(results)
-        return {k: s[k] for k in ("homography_auc@3px", "homography_accuracy@3px",
-                                  "repeatability@3px", "localization_error", "nn_map",
-                                  "matching_score")}
+        return homography_validation(model, device, frames.root / "leftImg8bit" / frames.split,
+                                     self.validation, max(self.validation_size()),
+                                     recursive=True)
 
 
 STAGES = {"magicpoint": MagicPoint, "joint": Joint, "cityscapes": Cityscapes}
