@@ -17,10 +17,12 @@ def test_bundled_model_is_small_and_loads_by_default():
     assert name.startswith("superseg.pt")
     assert model.trained_heads == {"detector": True, "descriptor": True, "semantic": False,
                                    "subpixel": True}
-    # the file says how it was made: stage 1 then stage 2, with their configs
-    stages = [m["stage"] for m in model.meta["history"]] + [model.meta["stage"]]
-    assert stages == ["magicpoint", "joint"]
-    assert model.meta["config"]["name"] == "joint_cpu_round1"  # label round 1 of joint_cpu
+    # the file says how it was made: stage 1, then stage 2 twice (relabelled by its own first
+    # round), with the config of each run
+    runs = model.meta["history"] + [model.meta]
+    assert [m["stage"] for m in runs] == ["magicpoint", "joint", "joint"]
+    assert [m["config"]["name"] for m in runs] == ["magicpoint_cpu", "joint_cpu_round1",
+                                                   "joint_cpu_relabel_round1"]
 
 
 def test_bundled_model_runs_without_the_semantic_filter_and_says_so():
