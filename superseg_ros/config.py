@@ -102,14 +102,19 @@ def apply_overrides(conf: dict, items, example: str = "key.subkey=value") -> dic
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
-        *parents, leaf = key.strip().split(".")
-        node = conf
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: '{part}' is not a group of settings")
-        node[leaf] = value
+        set_dotted(conf, key.strip(), value, where=f"--set {item!r}")
     return conf
+
+
+def set_dotted(conf: dict, dotted: str, value, where: str) -> None:
+    """conf["a"]["b"] = value for dotted "a.b", making the groups on the way."""
+    *parents, leaf = dotted.split(".")
+    node = conf
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: '{part}' is a value, not a group of settings")
+    node[leaf] = value
 
 
 def read_parameters(path, node: str = "superseg_node") -> dict:

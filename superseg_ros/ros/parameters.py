@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..config import ConfigError, flatten, merge_config, require_choice
+from ..config import ConfigError, flatten, merge_config, require_choice, set_dotted
 from ..extractor import DEFAULT_EXTRACTOR_CONFIG
 
 NODE_NAME = "superseg_node"
@@ -43,13 +43,7 @@ RUNTIME_PREFIXES = ("extractor.", "publish.", "max_side", "scale")
 def unflatten(flat: Mapping[str, Any]) -> dict:
     nested: dict = {}
     for name, value in flat.items():
-        node = nested
-        *parents, leaf = name.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"parameter '{name}': '{part}' is a value, not a group")
-        node[leaf] = value
+        set_dotted(nested, name, value, where=f"parameter '{name}'")
     return nested
 
 
