@@ -38,19 +38,19 @@ def replace_block(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda _: f"{start}\n{body.rstrip()}\n{end}", text)
 
 
-def config_name(conf: dict) -> str:
-    """The config file a run came from (adaptation rounds are named <config>_round<r>)."""
-    return re.sub(r"_round\d+$", "", str(conf.get("name")))
+def config_and_round(conf: dict) -> tuple[str, int | None]:
+    """The config file a run came from and its label round (rounds are named <config>_round<r>)."""
+    match = re.fullmatch(r"(.*)_round(\d+)", str(conf.get("name")))
+    return (match.group(1), int(match.group(2))) if match else (str(conf.get("name")), None)
 
 
 def adaptation_record(conf: dict) -> str:
     """The homographic adaptation that made a label round's pseudo-labels, read from the
     adaptation.json superseg-adapt wrote beside them (runs/<name>/labels_round<r>)."""
-    round_match = re.search(r"_round(\d+)$", str(conf.get("name")))
-    if conf.get("data", {}).get("labels") != "adapt" or not round_match:
+    _, label_round = config_and_round(conf)
+    if conf.get("data", {}).get("labels") != "adapt" or label_round is None:
         return "-"
-    path = ROOT / Path(conf["output"]).parent / f"labels_round{round_match.group(1)}" \
-        / "adaptation.json"
+    path = ROOT / Path(conf["output"]).parent / f"labels_round{label_round}" / "adaptation.json"
     if not path.is_file():
         return f"({relative(path)} not found)"
     summary = json.loads(path.read_text())
@@ -73,7 +73,7 @@ def training_record(model) -> str:
         lines.append(f"| {s.get('stage')} | {s.get('name')} | {adaptation_record(conf)} | "
                      f"{s.get('step')} | {s.get('wall_time_s', 0) / 60:.1f} min | "
                      f"{conf.get('batch_size')} | {size[0]}x{size[1]} | "
-                     f"`training/configs/{config_name(conf)}.yaml` |")
+                     f"`training/configs/{config_and_round(conf)[0]}.yaml` |")
     heads = ", ".join(f"{h}: {'trained' if t else 'UNTRAINED'}"
                       for h, t in model.trained_heads.items())
     return "\n".join(lines) + f"\n\nHeads: {heads}.\n"
@@ -93,7 +93,7 @@ def data_record(split_path: Path) -> str:
     return "\n".join(lines) + (f"\n\nTraining images scaled to cover {split['cover_hw'][0]}x"
                                 f"{split['cover_hw'][1]} (aspect kept) by "
                                 f"`tools/prepare_images.py`; split file "
-                                f"`{os.path.relpath(split_path, ROOT)}`. Every evaluated folder "
+                                f"`{relative(split_path)}`. Every evaluated folder "
                                 "holds the same held-out images (checked from its own "
                                 "split.json).\n")
 
