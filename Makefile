@@ -44,9 +44,12 @@ build: $(BUILT)
 test: build
 	$(ROS_ENV) $(BIN)/python -m pytest -q test
 
-# make demo [INPUT=your.bag|image_folder|video|cityscapes_sequence_folder]
+# make demo [INPUT=your.bag|image_folder|video|cityscapes_sequence_folder] [RATE=hz]
+#           [CAMERA_INFO=camera.yaml|cam.txt|camera.json]
+# RATE and CAMERA_INFO default to what the folder carries (times, calibration file), see README.
 demo: build
-	$(ROS_ENV) $(BIN)/python -m superseg_ros.demo --output $(DEMO_OUT) $(if $(INPUT),--input $(INPUT))
+	$(ROS_ENV) $(BIN)/python -m superseg_ros.demo --output $(DEMO_OUT) $(if $(INPUT),--input "$(INPUT)") \
+	    $(if $(RATE),--rate $(RATE)) $(if $(CAMERA_INFO),--camera-info "$(CAMERA_INFO)")
 
 bench: build
 	$(ROS_ENV) $(BIN)/superseg-bench

@@ -5,7 +5,8 @@ machines without ROS. Bags are rosbag2 metadata version 9 (mcap or sqlite3), whi
 and `ros2 bag info` read.
 
 Timestamps: frame i gets header.stamp = start + i/rate and the same bag receive time, and
-Image and CameraInfo of one frame share it exactly (what an exact-time synchroniser needs).
+Image and CameraInfo of one frame share it exactly (what an exact-time synchroniser needs). The
+bag's metadata custom_data maps each stamp to the frame's source file (bag_frame_names).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,6 +40,18 @@ DEFAULT_FOLDER_RATE = 10.0
 CITYSCAPES_RATE = 17.0  # leftImg8bit_sequence snippets are recorded at 17 Hz
 # <city>_<seq>_<frame>_leftImg8bit.png
 CITYSCAPES_NAME = re.compile(r"^(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})_leftImg8bit\.png$")
+# What a plain image folder may carry, first found wins: ROS camera_calibration YAML, 3x3 text K.
+FOLDER_CALIBRATION_FILES = ("camera_info.yaml", "camera.yaml", "calibration.yaml", "cam.txt",
+                            "K.txt")
+# KITTI raw timestamps.txt: "2011-09-26 13:02:25.964389445" (nanosecond fraction).
+KITTI_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?$")
+# TUM-style file names: Unix time in seconds, e.g. 1341847980.722988.png.
+UNIX_TIME_NAME = re.compile(r"^\d+(\.\d+)?$")
+# Seconds since the epoch a file name must fall in (1973..2286): frame indices like 000123 are
+# numbers too, but not times.
+UNIX_TIME_RANGE = (1e8, 1e10)
+# bag metadata custom_data key: JSON {"<header stamp ns>": "<source file name>"}.
+FRAME_NAMES_KEY = "superseg_ros.frame_names"
 # The repository's own interface package, for recording when no ament index provides it.
 LOCAL_MSG_ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,20 +77,44 @@ class Calibration:
         """This calibration for images of width x height (scaled if it was made for another size).
 
         Scaling keeps the repository's pixel convention ((0, 0) = centre of the top-left pixel):
-        c' = (c + 0.5) * s - 0.5. Distortion coefficients are resolution-independent.
+        c' = (c + 0.5) * s - 0.5. Distortion coefficients are resolution-independent. Every
+        calibration a bag gets passes through here, so this is where it is checked.
         """
         if self.width is None or self.height is None:
-            return Calibration(self.k, width, height, self.distortion_model, self.d, self.source)
-        if (self.width, self.height) == (width, height):
-            return self
-        k = scaling_matrix(width / self.width, height / self.height) @ self.k
-        return Calibration(k, width, height, self.distortion_model, self.d, self.source)
+            calib = Calibration(self.k, width, height, self.distortion_model, self.d, self.source)
+        elif (self.width, self.height) == (width, height):
+            calib = self
+        else:
+            k = scaling_matrix(width / self.width, height / self.height) @ self.k
+            calib = Calibration(k, width, height, self.distortion_model, self.d, self.source)
+        calib.check()
+        return calib
+
+    def check(self) -> None:
+        """Refuse a K that cannot belong to images of self.width x self.height: non-finite
+        entries, fx or fy <= 0, or a principal point outside the image (pixel (0, 0) is the
+        centre of the top-left pixel, so the image spans -0.5 .. width - 0.5)."""
+        k = np.asarray(self.k, dtype=np.float64)
+        w, h = self.width, self.height
+        where = f"calibration from {self.source or 'an unnamed source'}"
+        if not np.all(np.isfinite(k)):
+            raise BagError(f"{where} has non-finite entries in K {k.reshape(-1).tolist()}; "
+                           f"fix the calibration")
+        fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+        if not (fx > 0 and fy > 0):
+            raise BagError(f"{where}: focal lengths must be positive, got fx={fx:g}, fy={fy:g}")
+        if not (-0.5 <= cx <= w - 0.5 and -0.5 <= cy <= h - 0.5):
+            raise BagError(
+                f"{where}: principal point cx={cx:g}, cy={cy:g} is outside the {w}x{h} image "
+                f"(needs -0.5 <= cx <= {w - 0.5:g} and -0.5 <= cy <= {h - 0.5:g}); the "
+                f"intrinsics are probably for another resolution: give them for {w}x{h} images "
+                f"(c' = (c + 0.5) * new/old - 0.5), or use a ROS calibration YAML with the "
+                f"image_width/image_height it was made for")
 
 
 def intrinsics(fx: float, fy: float | None, cx: float, cy: float) -> Calibration:
+    """--fx/--fy/--cx/--cy; checked against the image size in Calibration.for_size."""
     fy = fx if fy is None else fy
-    if fx <= 0 or fy <= 0:
-        raise BagError(f"focal lengths must be positive, got fx={fx}, fy={fy}")
     k = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
     return Calibration(k, source="--fx/--fy/--cx/--cy")
 
@@ -141,7 +178,22 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
 class Frame(NamedTuple):
     image: np.ndarray                   # BGR uint8 (H, W, 3), as OpenCV reads it
     calibration: Calibration | None     # for this frame's image size, None = no CameraInfo
-    name: str                           # file name or "frame 12" (for error messages)
+    name: str                           # file name or "frame 12" (messages, bag_frame_names)
+
+
+class SkippedFile(NamedTuple):
+    """An input file that could not be read; sources yield it in the frame's place."""
+
+    name: str                           # the path as given (e.g. frames/003.png)
+    reason: str
+
+
+class UnreadableImage(BagError):
+    """read_image's error; `reason` says why without the path (for 'skipped PATH: reason')."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"cannot read {path}: {reason}")
+        self.path, self.reason = path, reason
 
 
 @dataclass
@@ -150,31 +202,35 @@ class FrameSource:
 
     kind: str
     path: Path
-    default_rate: float
+    default_rate: float                 # the source's own rate, --rate or a default (notes)
     count: int | None                   # None when a video does not say
-    read: Callable[[], Iterator[tuple[np.ndarray, str, Calibration | None]]]
-    notes: list[str] = field(default_factory=list)
+    # (image, name, calibration) per frame, or a SkippedFile for a file that could not be read
+    read: Callable[[], Iterator[tuple[np.ndarray, str, Calibration | None] | SkippedFile]]
+    notes: list[str] = field(default_factory=list)  # where rate and intrinsics came from, ...
 
-    def frames(self, max_frames: int | None = None,
-               resize: tuple[int, int] | None = None) -> Iterator[Frame]:
-        """Frames as BGR uint8, optionally resized; calibration scaled to the output size."""
-        size = None
-        for image, name, calib in islice(self.read(), max_frames):  # reads no frame too many
-            if size is None:
-                size = image.shape[:2]
-            elif image.shape[:2] != size:  # one CameraInfo size per bag
-                raise BagError(f"{name} is {image.shape[1]}x{image.shape[0]} but the first "
-                               f"frame is {size[1]}x{size[0]}; use --resize WxH")
-            if calib is not None and calib.width is not None and \
-                    (calib.width, calib.height) != (image.shape[1], image.shape[0]):
-                raise BagError(f"calibration {calib.source} is for {calib.width}x{calib.height} "
-                               f"but {name} is {image.shape[1]}x{image.shape[0]}")
-            if calib is not None:  # fill in the image size when the calibration has none
-                calib = calib.for_size(image.shape[1], image.shape[0])
-            if resize is not None and (image.shape[1], image.shape[0]) != resize:
-                image = cv2.resize(image, resize, interpolation=cv2.INTER_AREA)
-                calib = None if calib is None else calib.for_size(*resize)
-            yield Frame(image, calib, name)
+    def frames(self, max_frames: int | None = None, resize: tuple[int, int] | None = None,
+               strict: bool = False) -> Iterator[Frame | SkippedFile]:
+        """Frames as BGR uint8, optionally resized; calibration scaled to the output size.
+
+        An unreadable file comes out as a SkippedFile (one bad file must not cost the others),
+        or with `strict` raises a BagError. `max_frames` counts frames, not skipped files.
+        """
+        if max_frames is not None and max_frames < 1:
+            return
+        size, count = None, 0
+        for item in self.read():
+            if isinstance(item, SkippedFile):
+                if strict:
+                    raise BagError(f"cannot read {item.name}: {item.reason} (--strict; without "
+                                   f"it unreadable files are skipped)")
+                yield item
+                continue
+            image, name, calib = item
+            size = size or image.shape[:2]
+            yield _fit_frame(image, name, calib, size, resize)
+            count += 1
+            if count == max_frames:  # before reading another: reads no frame too many
+                return
 
     def total(self, max_frames: int | None) -> int | None:
         if self.count is None:
@@ -182,18 +238,139 @@ class FrameSource:
         return self.count if max_frames is None else min(self.count, max_frames)
 
 
+def _fit_frame(image: np.ndarray, name: str, calib: Calibration | None,
+               first_size: tuple[int, int], resize: tuple[int, int] | None) -> Frame:
+    """One frame checked against the first one's size and its calibration, then resized."""
+    if image.shape[:2] != first_size:  # one CameraInfo size per bag
+        raise BagError(f"{name} is {image.shape[1]}x{image.shape[0]} but the first "
+                       f"frame is {first_size[1]}x{first_size[0]}; use --resize WxH")
+    if calib is not None and calib.width is not None and \
+            (calib.width, calib.height) != (image.shape[1], image.shape[0]):
+        raise BagError(f"calibration {calib.source} is for {calib.width}x{calib.height} "
+                       f"but {name} is {image.shape[1]}x{image.shape[0]}")
+    if calib is not None:  # fill in the image size when the calibration has none
+        calib = calib.for_size(image.shape[1], image.shape[0])
+    if resize is not None and (image.shape[1], image.shape[0]) != resize:
+        image = cv2.resize(image, resize, interpolation=cv2.INTER_AREA)
+        calib = None if calib is None else calib.for_size(*resize)
+    return Frame(image, calib, name)
+
+
 def read_image(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
-        raise BagError(f"cannot read {path}: not an image or an unsupported format")
+        raise UnreadableImage(path, _unreadable_reason(path))
     return image
+
+
+def _unreadable_reason(path: Path) -> str:
+    """Why OpenCV returned nothing (it does not say)."""
+    try:
+        with open(path, "rb") as f:
+            empty = not f.read(1)
+    except OSError as exc:
+        return f"cannot open it ({exc.strerror})"
+    return "empty file" if empty else "not an image, a damaged one, or an unsupported format"
 
 
 def _folder_reader(files: Sequence[Path], calib_of: Callable[[Path], Calibration | None]):
     def read():
         for f in files:
-            yield read_image(f), f.name, calib_of(f)
+            try:
+                image = read_image(f)
+            except UnreadableImage as exc:
+                yield SkippedFile(str(f), exc.reason)
+                continue
+            yield image, f.name, calib_of(f)
     return read
+
+
+# --------------------------------------------------------------------------- folder rate, K
+
+def folder_calibration(folder: Path) -> tuple[Calibration | None, str]:
+    """The first calibration file of FOLDER_CALIBRATION_FILES in the folder, and a note."""
+    path = next((folder / n for n in FOLDER_CALIBRATION_FILES if (folder / n).is_file()), None)
+    if path is None:
+        return None, (f"no calibration file in {folder} ({', '.join(FOLDER_CALIBRATION_FILES)}): "
+                      f"no CameraInfo; pass --camera-info or --fx/--cx/--cy")
+    return load_calibration(path), f"intrinsics from {path.name}"
+
+
+def _seconds(line: str) -> float:
+    value = float(line)
+    if not np.isfinite(value):
+        raise ValueError(line)
+    return value
+
+
+def _kitti_timestamp(line: str) -> float:
+    m = KITTI_TIMESTAMP.match(line)
+    if m is None:
+        raise ValueError(line)
+    whole = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    return whole.timestamp() + int((m[2] or "0").ljust(9, "0")) / 1e9
+
+
+# name, line parser, what a line must be (for the error)
+TIMES_FILES = (("times.txt", _seconds, "a time in seconds"),
+               ("timestamps.txt", _kitti_timestamp, "YYYY-MM-DD HH:MM:SS.fffffffff"))
+
+
+def read_times(path: Path, parse: Callable[[str], float], expected: str) -> list[float]:
+    """One time (seconds) per non-blank line."""
+    times = []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BagError(f"cannot read frame times from {path} ({exc}); fix it or pass --rate") \
+            from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            times.append(parse(line.strip()))
+        except ValueError:
+            raise BagError(f"{path} line {number}: expected {expected}, got {line.strip()!r}; "
+                           f"fix the file or pass --rate") from None
+    return times
+
+
+def file_name_times(files: Sequence[Path]) -> list[float] | None:
+    """Times from TUM-style names (Unix seconds), or None unless every name is one."""
+    if not all(UNIX_TIME_NAME.match(f.stem) for f in files):
+        return None
+    times = [float(f.stem) for f in files]
+    lo, hi = UNIX_TIME_RANGE
+    return times if all(lo <= t < hi for t in times) else None
+
+
+def rate_from_times(times: Sequence[float], origin: str, n_images: int
+                    ) -> tuple[float, list[str]]:
+    """1 / median of the positive differences (robust to a dropped frame or a repeated time)."""
+    steps = np.diff(np.asarray(times, dtype=np.float64))
+    steps = steps[steps > 0]
+    if steps.size == 0:
+        return DEFAULT_FOLDER_RATE, [f"{origin} has no two increasing frame times: using "
+                                     f"{DEFAULT_FOLDER_RATE:g} Hz; pass --rate"]
+    rate = 1.0 / float(np.median(steps))
+    notes = [f"rate {rate:.4g} Hz from {origin}"]
+    if len(times) != n_images:
+        notes.append(f"{origin} has {len(times)} times for {n_images} images; the rate is "
+                     f"from their median spacing anyway (check that it belongs to these images)")
+    return rate, notes
+
+
+def folder_rate(folder: Path, files: Sequence[Path]) -> tuple[float, list[str]]:
+    """The frame rate an image folder's times give, and notes saying where it came from."""
+    for name, parse, expected in TIMES_FILES:
+        if (folder / name).is_file():
+            return rate_from_times(read_times(folder / name, parse, expected), name, len(files))
+    times = file_name_times(files)
+    if times is not None:
+        return rate_from_times(times, "the image file names", len(files))
+    return DEFAULT_FOLDER_RATE, [f"no frame times in {folder} (times.txt, timestamps.txt or "
+                                 f"timestamped file names): using {DEFAULT_FOLDER_RATE:g} Hz; "
+                                 f"pass --rate"]
 
 
 def cityscapes_camera_dir(folder: Path) -> Path | None:
@@ -217,8 +394,22 @@ def cityscapes_camera_file(camera_dir: Path, city: str, seq: str, frame: str) ->
     return min(same_seq, key=lambda p: abs(int(p.name.split("_")[-2]) - int(frame)))
 
 
+def open_image_folder(folder: Path, files: Sequence[Path], calibration: Calibration | None,
+                      no_camera_info: bool, rate: float | None) -> FrameSource:
+    """A plain image folder: rate and intrinsics from the files it carries, unless given."""
+    notes = []
+    if rate is None:
+        rate, rate_notes = folder_rate(folder, files)
+        notes += rate_notes
+    if calibration is None and not no_camera_info:
+        calibration, calib_note = folder_calibration(folder)
+        notes.append(calib_note)
+    return FrameSource("image folder", folder, rate, len(files),
+                       _folder_reader(files, lambda _: calibration), notes)
+
+
 def open_folder(folder: Path, calibration: Calibration | None, no_camera_info: bool,
-                sequence: str | None) -> FrameSource:
+                sequence: str | None, rate: float | None = None) -> FrameSource:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise BagError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
@@ -226,8 +417,7 @@ def open_folder(folder: Path, calibration: Calibration | None, no_camera_info: b
     if not all(matches):
         if sequence is not None:
             raise BagError(f"--sequence applies to Cityscapes folders; {folder} is not one")
-        return FrameSource("image folder", folder, DEFAULT_FOLDER_RATE, len(files),
-                           _folder_reader(files, lambda _: calibration))
+        return open_image_folder(folder, files, calibration, no_camera_info, rate)
 
     seqs = sorted({m["seq"] for m in matches})
     if sequence is not None:
@@ -294,14 +484,16 @@ def open_video(path: Path, calibration: Calibration | None) -> FrameSource:
 
 
 def open_source(path: str | os.PathLike, calibration: Calibration | None = None,
-                no_camera_info: bool = False, sequence: str | None = None) -> FrameSource:
+                no_camera_info: bool = False, sequence: str | None = None,
+                rate: float | None = None) -> FrameSource:
     """An image folder, a Cityscapes leftImg8bit_sequence/<split>/<city> folder, one image or a
-    video. `calibration` overrides what the source carries; `no_camera_info` drops it."""
+    video. `calibration` overrides what the source carries; `no_camera_info` drops it. `rate`
+    (--rate) overrides an image folder's frame times, which are then not read."""
     path = Path(path)
     if no_camera_info:
         calibration = None
     if path.is_dir():
-        return open_folder(path, calibration, no_camera_info, sequence)
+        return open_folder(path, calibration, no_camera_info, sequence, rate)
     if not path.exists():
         raise BagError(f"input {path} does not exist")
     if sequence is not None:
@@ -460,6 +652,10 @@ class BagWriter:
     def write(self, topic: str, t_ns: int, msg) -> None:
         self.write_raw(topic, t_ns, self.store.serialize_cdr(msg, msg.__msgtype__))
 
+    def set_custom_data(self, key: str, value: str) -> None:
+        """A string in metadata.yaml custom_data (written on close)."""
+        self.writer.set_custom_data(key, value)
+
     def close(self) -> Path:
         self.writer.close()
         check_output(self.out_path, self.force)  # it may have appeared while we wrote
@@ -525,21 +721,33 @@ class BagReport:
     duration_s: float
     size_bytes: int
     seconds: float
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why) not in the bag
 
 
 def bag_size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def write_bag(frames: Iterable[Frame], out_path: str | os.PathLike, rate_hz: float,
+def _no_frames_message(skipped: Sequence[tuple[str, str]]) -> str:
+    if not skipped:
+        return "no frames to write"
+    name, reason = skipped[0]
+    if len(skipped) == 1:
+        return f"no readable frame: {name}: {reason}"
+    return (f"no readable frame: all {len(skipped)} input files are unreadable (the first, "
+            f"{name}: {reason}); check that the input holds images")
+
+
+def write_bag(frames: Iterable[Frame | SkippedFile], out_path: str | os.PathLike, rate_hz: float,
               storage: str = "mcap", image_topic: str = "/camera/image_raw",
               info_topic: str = "/camera/camera_info", frame_id: str = "camera",
               encoding: str = "rgb8", start_stamp: int | None = None, force: bool = False,
               total: int | None = None, progress: bool = True) -> BagReport:
     """Write frames as sensor_msgs/Image (+ CameraInfo for frames that have a calibration).
 
-    Frame i is stamped start_stamp + round(i * 1e9 / rate_hz) ns (default start: now), in
-    header.stamp and as the bag receive time of both messages.
+    Frame i (of those written) is stamped start_stamp + round(i * 1e9 / rate_hz) ns (default
+    start: now), in header.stamp and as the bag receive time of both messages. SkippedFiles are
+    listed in the report; each frame's name is stored under FRAME_NAMES_KEY.
     """
     from tqdm import tqdm
 
@@ -554,23 +762,28 @@ def write_bag(frames: Iterable[Frame], out_path: str | os.PathLike, rate_hz: flo
         Header = store.types["std_msgs/msg/Header"]
         Time = store.types["builtin_interfaces/msg/Time"]
         bag.add_topic(image_topic, IMAGE_TYPE, reliable_qos())
-        n = 0
-        for n, frame in enumerate(tqdm(frames, total=total, unit="frame", desc="bag",
-                                       disable=not progress), start=1):
-            t_ns = start_stamp + round((n - 1) * 1e9 / rate_hz)
+        names: dict[str, str] = {}  # header stamp ns -> frame name
+        skipped: list[tuple[str, str]] = []
+        for item in tqdm(frames, total=total, unit="frame", desc="bag", disable=not progress):
+            if isinstance(item, SkippedFile):
+                skipped.append((item.name, item.reason))
+                continue
+            t_ns = start_stamp + round(len(names) * 1e9 / rate_hz)  # len: frames so far
             sec, nsec = divmod(t_ns, 1_000_000_000)
             header = Header(stamp=Time(sec=sec, nanosec=nsec), frame_id=frame_id)
-            bag.write(image_topic, t_ns, image_message(store, frame.image, encoding, header))
-            if frame.calibration is not None:
+            bag.write(image_topic, t_ns, image_message(store, item.image, encoding, header))
+            if item.calibration is not None:
                 if info_topic not in bag.connections:
                     bag.add_topic(info_topic, INFO_TYPE, reliable_qos())
-                bag.write(info_topic, t_ns, camera_info_message(store, frame.calibration, header))
-        if n == 0:
-            raise BagError("no frames to write")
-        n_info = bag.counts.get(info_topic, 0)
+                bag.write(info_topic, t_ns, camera_info_message(store, item.calibration, header))
+            names[str(t_ns)] = item.name
+        if not names:
+            raise BagError(_no_frames_message(skipped))
+        bag.set_custom_data(FRAME_NAMES_KEY, json.dumps(names))
+        n, n_info = len(names), bag.counts.get(info_topic, 0)
     out = Path(out_path)
     return BagReport(out, n, n_info, (n - 1) / rate_hz, bag_size(out),
-                     time.perf_counter() - started)
+                     time.perf_counter() - started, skipped)
 
 
 # --------------------------------------------------------------------------- reading
@@ -587,6 +800,24 @@ def open_reader(path: str | os.PathLike):
     except (ReaderError, OSError, ValueError, KeyError) as exc:
         raise BagError(f"{path} is not a readable ROS 2 bag ({exc})") from None
     return reader
+
+
+def bag_frame_names(path: str | os.PathLike) -> dict[int, str]:
+    """{header stamp ns: source file name} as superseg-make-bag stored it ({} for other bags),
+    to match outputs (same stamp) back to the input files."""
+    reader = open_reader(path)
+    try:
+        custom = reader.storage.metadata.custom or {}  # the Reader has no public accessor
+    finally:
+        reader.close()
+    text = custom.get(FRAME_NAMES_KEY)
+    if text is None:
+        return {}
+    try:
+        return {int(stamp): str(name) for stamp, name in json.loads(text).items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise BagError(f"{path}: metadata custom_data {FRAME_NAMES_KEY} is not a JSON object "
+                       f"of header stamp ns -> file name ({exc})") from None
 
 
 def bag_topics(path: str | os.PathLike) -> dict[str, tuple[str, int]]:
@@ -638,16 +869,28 @@ def _percentiles(values: Sequence[float]) -> dict:
         {"max": round(float(a.max()), 3)}
 
 
+# Receive time - header stamp beyond which the stamps cannot be a live pipeline's: a replayed bag
+# keeps the stamps of when it was made (seconds to years ago).
+LIVE_STAMP_LIMIT_MS = 10_000.0
+DIAGNOSTICS_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
+FILTER_OFF = 255  # group_id of every keypoint when the semantic filter did not run
+
+
 def summarize_bag(path: str | os.PathLike) -> dict:
     """Per topic: count, rate, and for header-carrying messages the latency receive time −
-    header.stamp (ms); for superseg_msgs/Keypoints also keypoints per frame and the share
-    flagged unstable. Works on any bag whose receive times are when a recorder got the message.
+    header.stamp (ms), reported only when the stamps are live; for superseg_msgs/Keypoints also
+    keypoints per frame and the share flagged unstable ("filter off" when no filter ran). When
+    the bag holds a superseg node's /diagnostics, its own latency (input received -> outputs
+    published), which does not depend on the stamps. Works on any bag whose receive times are
+    when a recorder got the message.
     """
     topics: dict[str, dict] = {}
     times: dict[str, list[int]] = {}
     latency: dict[str, list[float]] = {}
     kp_counts: dict[str, list[int]] = {}
     kp_unstable: dict[str, int] = {}
+    kp_filtered: dict[str, bool] = {}
+    node_latency: dict[str, dict] = {}
     reader = open_reader(path)
     try:
         conns = reader.connections
@@ -669,6 +912,11 @@ def summarize_bag(path: str | os.PathLike) -> dict:
                 stable = np.asarray(msg.stable, dtype=bool)
                 kp_counts.setdefault(conn.topic, []).append(len(msg.x))
                 kp_unstable[conn.topic] = kp_unstable.get(conn.topic, 0) + int((~stable).sum())
+                filtered = bool(len(msg.group_id)) and bool(
+                    (np.asarray(msg.group_id) != FILTER_OFF).any())
+                kp_filtered[conn.topic] = kp_filtered.get(conn.topic, False) or filtered
+            elif conn.msgtype == DIAGNOSTICS_TYPE:
+                node_latency.update(_node_latency(store.deserialize_cdr(raw, conn.msgtype)))
     finally:
         reader.close()
 
@@ -678,16 +926,39 @@ def summarize_bag(path: str | os.PathLike) -> dict:
         span = (t.max() - t.min()) / 1e9 if t.size > 1 else 0.0
         info["rate_hz"] = round((t.size - 1) / span, 3) if span > 0 else None
         if topic in latency:
-            info["latency_ms"] = _percentiles(latency[topic])
+            info.update(_stamp_latency(latency[topic]))
         if topic in kp_counts:
             total = sum(kp_counts[topic])
             info["keypoints_per_frame"] = _stats(kp_counts[topic])
-            info["unstable_share"] = round(kp_unstable[topic] / total, 4) if total else 0.0
+            info["unstable_share"] = (None if not total else "filter off"
+                                      if not kp_filtered[topic]
+                                      else round(kp_unstable[topic] / total, 4))
     summary = {"bag": str(Path(path)), "messages": sum(len(v) for v in times.values()),
                "topics": topics}
-    lat = [v for vals in latency.values() for v in vals]
-    if lat and (np.median(lat) > 3.6e6 or np.median(lat) < -1e3):
-        summary["note"] = ("header stamps are far from the receive times (a replayed bag keeps "
-                           "its recorded stamps); latency is meaningful with superseg-play "
-                           "--restamp or a live camera")
+    if node_latency:
+        summary["node_latency_ms"] = node_latency
     return summary
+
+
+def _stamp_latency(latency_ms: Sequence[float]) -> dict:
+    """{"latency_ms": percentiles} when the stamps are live, else None and why."""
+    median = float(np.median(latency_ms))
+    if -1e3 <= median <= LIVE_STAMP_LIMIT_MS:
+        return {"latency_ms": _percentiles(latency_ms)}
+    age = f"{median / 1e3:.1f} s older" if median > 0 else f"{-median / 1e3:.1f} s newer"
+    return {"latency_ms": None,
+            "latency": (f"not measured: the header stamps are {age} than the receive times, "
+                        f"so they are not live (a replayed bag keeps its recorded stamps); "
+                        f"replay with superseg-play --restamp, or see node_latency_ms (recorded "
+                        f"/diagnostics)")}
+
+
+def _node_latency(diagnostics) -> dict:
+    """{node status name: {"p50", "p95"}} of a superseg node's node_latency_ms values."""
+    out = {}
+    for status in diagnostics.status:
+        values = {kv.key: kv.value for kv in status.values}
+        if "node_latency_ms_p50" in values:
+            out[status.name.split(":")[0]] = {
+                q: float(values[f"node_latency_ms_{q}"]) for q in ("p50", "p95")}
+    return out

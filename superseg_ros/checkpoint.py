@@ -1,12 +1,20 @@
 """One checkpoint file = weights + full model config + class/group table + which heads were trained.
 
 Loading validates every part and fails with a CheckpointError that names the file and the problem.
-Files are read with `weights_only=True`: a checkpoint is data, never code to execute.
+Files are read with `weights_only=True`: a checkpoint is data, never code to execute. A file that
+does not load is described from its bytes (never with PyTorch's text, which for pickled objects
+advises turning weights_only off).
 """
 
 from __future__ import annotations
 
+import codecs
+import io
 import os
+import pickle
+import pickletools
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -18,6 +26,15 @@ from .semantics import validate_semantics
 
 FORMAT = "superseg_ros.checkpoint"
 FORMAT_VERSION = 1
+# Said after what a rejected file is instead.
+CHECKPOINT_IS = ("A checkpoint is a file written by superseg-train or "
+                 "superseg_ros.checkpoint.save_checkpoint: a torch.save'd dict with format "
+                 f"'{FORMAT}', model_config, semantics, trained_heads and state_dict.")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+# Tags of the ModelProto fields that follow ir_version (field 1) in an ONNX file: producer_name,
+# producer_version, domain, model_version, doc_string, graph, opset_import.
+ONNX_NEXT_TAGS = (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42)
 
 
 class CheckpointError(RuntimeError):
@@ -58,9 +75,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, random bytes, pickled code, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated, corrupt or not a "
-                              f"PyTorch file): {reason[:200]}") from exc
+        # `from None`: even a traceback must not carry torch's advice to unpickle the file.
+        raise CheckpointError(f"{path}: not a readable checkpoint: it is "
+                              f"{describe_file(path, exc)}. {CHECKPOINT_IS}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         if isinstance(payload, dict) and payload and all(
                 isinstance(v, torch.Tensor) for v in payload.values()):
@@ -69,7 +86,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         else:
             hint = f"top-level keys: {sorted(payload)[:8]}" if isinstance(payload, dict) \
                 else f"it holds a {type(payload).__name__}"
-        raise CheckpointError(f"{path}: not a superseg_ros checkpoint ({hint})")
+        raise CheckpointError(f"{path}: not a superseg_ros checkpoint ({hint}). {CHECKPOINT_IS}")
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version} is not supported "
@@ -79,6 +96,131 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
     return payload
+
+
+def describe_file(path: Path, load_error: Exception) -> str:
+    """What a file torch.load refused is, from its first bytes and structure (nothing is run)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK"):
+        return _describe_zip(path, head, load_error)
+    if head.startswith(PNG_MAGIC) or head.startswith(JPEG_MAGIC):
+        return f"a {'PNG' if head.startswith(PNG_MAGIC) else 'JPEG'} image"
+    if len(head) > 2 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in ONNX_NEXT_TAGS:
+        return ("an ONNX model (protobuf): an exported network, which superseg_ros does not load; "
+                "pass the .pt checkpoint it was exported from")
+    if head[0] == 0x80:  # pickle protocol 2+: a plain pickle or a legacy (pre-1.6) torch.save
+        return _describe_pickle(path.read_bytes(), "a plain Python pickle or a legacy PyTorch "
+                                "file", load_error)
+    text = _as_text(head)
+    if text is not None:
+        return _describe_text(text)
+    return "unknown binary data"
+
+
+def _describe_zip(path: Path, head: bytes, load_error: Exception) -> str:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            pkl = next((n for n in names if n.rpartition("/")[2] == "data.pkl"), None)
+            if pkl is None:
+                return (f"a zip archive that is not a PyTorch file (no data.pkl; it holds "
+                        f"{', '.join(names[:3]) or 'nothing'}{', ...' * (len(names) > 3)})")
+            data = archive.read(pkl)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        # No readable zip directory (it is at the end): the file was cut short or damaged.
+        # torch.save writes <name>/data.pkl first, so the first entry says what it was.
+        name_len = int.from_bytes(head[26:28], "little") if len(head) >= 30 else 0
+        if head[30:30 + name_len].rpartition(b"/")[2] == b"data.pkl":
+            return ("a truncated or corrupt PyTorch archive (its zip directory is missing or "
+                    "damaged: e.g. an interrupted copy or download; copy it again)")
+        return "a truncated or corrupt zip archive, not a PyTorch file"
+    return _describe_pickle(data, "a PyTorch file", load_error)
+
+
+def _describe_pickle(data: bytes, what: str, load_error: Exception) -> str:
+    found = _pickle_globals(data)
+    if found is None:
+        return f"{what} whose pickle is truncated or corrupt"
+    foreign = list(dict.fromkeys(g for g in found if not _is_plain_global(g)))
+    if foreign or isinstance(load_error, pickle.UnpicklingError):
+        modules = [g for g in foreign if g.startswith("torch.nn.")]
+        listing = f" (a whole pickled nn.Module: {', '.join(modules[:3])})" if modules else \
+            f" ({', '.join(foreign[:3])})" if foreign else ""
+        return (f"{what} whose pickle holds Python objects other than tensors and plain "
+                f"containers{listing}; superseg_ros never unpickles code")
+    return f"{what} that is truncated or corrupt (its tensor data does not load)"
+
+
+def _pickle_globals(data: bytes) -> list[str] | None:
+    """'module.name' of every class or function a pickle refers to, read without running it;
+    None if not even one whole pickle is there. Legacy torch files hold several pickles in a
+    row (then raw tensor bytes, where reading stops)."""
+    found, stream, complete = [], io.BytesIO(data), 0
+    try:
+        while stream.tell() < len(data):
+            found += _globals_of_one_pickle(stream)
+            complete += 1
+    except Exception:  # noqa: BLE001 - pickletools raises several kinds on bad bytes
+        if not complete:
+            return None
+    return [g.replace("__builtin__.", "builtins.", 1) for g in found]
+
+
+def _globals_of_one_pickle(stream: io.BytesIO) -> list[str]:
+    """GLOBAL names its class inline (protocol 2, torch.save's); STACK_GLOBAL (protocol 4+)
+    takes the two strings pushed before it, directly or from the memo."""
+    found, strings, memo, top = [], [], {}, None
+    for op, arg, _ in pickletools.genops(stream):
+        if op.name == "GLOBAL":
+            found.append(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            found.append(f"{strings[-2]}.{strings[-1]}")
+        if op.name == "MEMOIZE":  # memoizes the top of the stack; the stack is unchanged
+            memo[len(memo)] = top
+        elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = top
+        else:  # what this op pushed, when it is a string
+            top = memo.get(arg) if op.name in ("GET", "BINGET", "LONG_BINGET") else \
+                arg if "UNICODE" in op.name else None
+            if isinstance(top, str):
+                strings.append(top)
+    return found
+
+
+def _is_plain_global(name: str) -> bool:
+    """What a tensor-and-container checkpoint refers to (torch's weights_only allow-list)."""
+    module, _, attr = name.rpartition(".")
+    if module in ("builtins", "__builtin__"):
+        return attr in ("set", "frozenset", "complex", "slice", "bytearray")
+    if module == "torch":
+        return attr.endswith("Storage") or attr in ("Size", "device") or \
+            isinstance(getattr(torch, attr, None), torch.dtype)
+    return module == "torch._utils" or name == "collections.OrderedDict"
+
+
+def _as_text(head: bytes) -> str | None:
+    """The start of a UTF-8 text file (a multi-byte character may be cut at the end)."""
+    if b"\x00" in head:
+        return None
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return None
+
+
+def _describe_text(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if not ln.startswith("#")), lines[0] if lines else "")
+    if first[:1] in ("{", "["):
+        kind = "JSON"
+    elif re.match(r"^[\w.\-\"']+\s*:", first):
+        kind = "YAML, e.g. a config"
+    else:
+        kind = "plain text"
+    return f"a text file ({kind}, starting {first[:40]!r})"
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SuperSegmentation:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from typing import Any, Mapping
 
 
@@ -117,18 +118,50 @@ def set_dotted(conf: dict, dotted: str, value, where: str) -> None:
     node[leaf] = value
 
 
-def read_parameters(path, node: str = "superseg_node") -> dict:
-    """The `ros__parameters` of `node` in a ROS 2 parameter file (a plain mapping also works).
+def read_parameters(path, node: str = "superseg_node", namespace: str = "/") -> dict:
+    """The parameters a ROS 2 parameter file gives the node `namespace`/`node` (a plain mapping
+    without `ros__parameters` sections is returned as it is).
 
-    ROS wildcards (`/**`) are honoured, so the file the node reads is the file the CLIs read.
+    Sections are matched the way rcl does: a key without a leading '/' is made absolute, so
+    `superseg_node:` matches only `/superseg_node`; `*` matches one name token and `**` any
+    number of them (`/**/superseg_node:` matches the node in every namespace). Every matching
+    section applies, in file order, later values winning. A file with sections but none for
+    this node raises ConfigError naming the sections it has.
     """
     data = read_yaml(path, "parameter file") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    for key in (node, f"/{node}", "/**"):
-        section = data.get(key)
-        if isinstance(section, dict) and "ros__parameters" in section:
-            return dict(section["ros__parameters"] or {})
-    if any(isinstance(v, dict) and "ros__parameters" in v for v in data.values()):
-        raise ConfigError(f"{path}: no parameters for node '{node}' (found: {', '.join(data)})")
-    return data
+    sections = {k: v for k, v in data.items()
+                if isinstance(v, dict) and "ros__parameters" in v}
+    if not sections:
+        return data
+    fqn = fully_qualified_name(node, namespace)
+    matched = [key for key in sections if node_key_matches(str(key), fqn)]
+    if not matched:
+        raise ConfigError(
+            f"{path}: no parameters for {fqn} (its sections: {', '.join(map(str, sections))}); "
+            f"a key without a namespace such as '{node}:' matches only /{node}: "
+            f"key it '/**/{node}:' to apply in any namespace")
+    merged: dict = {}
+    for key in matched:
+        params = sections[key]["ros__parameters"] or {}
+        if not isinstance(params, dict):
+            raise ConfigError(f"{path}: {key}.ros__parameters must be a mapping")
+        for name, value in flatten(params).items():
+            set_dotted(merged, name, value, where=f"{path}: {key}")
+    return merged
+
+
+def fully_qualified_name(node: str, namespace: str = "/") -> str:
+    """'front', 'superseg_node' -> '/front/superseg_node'."""
+    namespace = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    return f"{namespace}/{node}"
+
+
+def node_key_matches(key: str, fqn: str) -> bool:
+    """Does a parameter-file section key (with rcl's `*` and `**` wildcards) name node `fqn`?"""
+    if not key.startswith("/"):
+        key = "/" + key
+    pattern = "".join(r"(/[^/]+)*" if token == "**" else r"/[^/]+" if token == "*"
+                      else "/" + re.escape(token) for token in key.strip("/").split("/"))
+    return re.fullmatch(pattern, fqn) is not None

@@ -3,6 +3,9 @@
     input (rendered sequence | your bag, images, video) -> bag -> superseg-play
         -> superseg_node -> superseg-record -> overlay PNGs + summary.json
 
+Overlays keep the input's names (overlay/<input name>.png; for a bag without frame names,
+overlay/<header stamp>.png), so each can be matched back to its input frame.
+
 Uses the bundled model when one ships in models/; until then an explicitly labelled randomly
 initialised network (its keypoints show the pipeline works, not what a trained model finds).
 """
@@ -86,23 +89,48 @@ def wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout: floa
                        + log.read_text(errors="replace")[-3000:])
 
 
-def input_bag(source: Path | None, out: Path) -> Path:
-    """The bag to play: the user's bag, a bag made from their images/video, or the default."""
+class DemoError(Exception):
+    """Input the demo cannot use; the message says what to fix (exit 2)."""
+
+
+def input_bag(source: Path | None, out: Path, rate: float | None = None,
+              camera_info: Path | None = None) -> Path:
+    """The bag to play: the user's bag, a bag made from their images/video (rate and intrinsics
+    from the folder, or from `rate` / `camera_info`), or the rendered default sequence."""
+    if source is not None and not source.exists():
+        raise DemoError(f"INPUT {source} does not exist; give a bag folder, an image folder, "
+                        f"a Cityscapes sequence folder or a video")
     if source is not None and (source / "metadata.yaml").is_file():
+        if rate is not None or camera_info is not None:
+            raise DemoError(f"{source} is a bag: it has its own timing and CameraInfo "
+                            f"(RATE/--rate and CAMERA_INFO/--camera-info apply to images and "
+                            f"videos; --rate-factor changes a bag's replay speed)")
         return source
     bag = out / "input_bag"
     args = ["--output", str(bag), "--force"]
+    if rate is not None:
+        args += ["--rate", str(rate)]
+    if camera_info is not None:
+        args += ["--camera-info", str(camera_info)]
     if source is None:
         frames = out / "input_frames"
         frames.mkdir(parents=True, exist_ok=True)
+        for stale in frames.glob("*.png"):
+            stale.unlink()
         for i, frame in enumerate(render_sequence()):
             cv2.imwrite(str(frames / f"{i:06d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         source = frames
-        args += ["--rate", "2", "--fx", "250", "--cx", "159.5", "--cy", "119.5"]
+        if rate is None:
+            args += ["--rate", "2"]
+        if camera_info is None:
+            args += ["--fx", "250", "--cx", "159.5", "--cy", "119.5"]
     from .cli import make_bag
 
-    if make_bag.main([str(source), *args]) != 0:
-        raise RuntimeError(f"could not make a bag from {source}")
+    status = make_bag.main([str(source), *args])
+    if status == 1:  # some frames were unreadable: make-bag named them, the rest is in the bag
+        print(f"demo: continuing without the unreadable frames of {source}", file=sys.stderr)
+    elif status != 0:
+        raise DemoError(f"could not make a bag from {source} (superseg-make-bag said why above)")
     return bag
 
 
@@ -117,7 +145,18 @@ def node_counters(bag: Path) -> dict:
     return values
 
 
-def export_overlays(bag: Path, folder: Path) -> int:
+def overlay_name(stamp_ns: int, frame_names: dict[int, str]) -> str:
+    """The input frame's file name (a video's 'frame 12' -> 'frame_12.png'), else the stamp."""
+    name = frame_names.get(stamp_ns)
+    if name is None:
+        sec, nsec = divmod(stamp_ns, 1_000_000_000)
+        return f"{sec}.{nsec:09d}.png"
+    return Path(name.replace(" ", "_")).stem + ".png"
+
+
+def export_overlays(bag: Path, folder: Path, frame_names: dict[int, str]) -> int:
+    """Overlay images of the recorded outputs, named after their input frames (the node keeps
+    the input's header stamp, which the input bag maps to a frame name)."""
     from .bags import iter_bag
     from .ros.image_conversion import image_to_array
 
@@ -127,7 +166,8 @@ def export_overlays(bag: Path, folder: Path) -> int:
     count = 0
     for count, (_, _, msg, _) in enumerate(iter_bag(bag, ["/superseg/overlay"],
                                                      deserialize=True), start=1):
-        cv2.imwrite(str(folder / f"{count - 1:06d}.png"),
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        cv2.imwrite(str(folder / overlay_name(stamp_ns, frame_names)),
                     cv2.cvtColor(image_to_array(msg), cv2.COLOR_RGB2BGR))
     return count
 
@@ -140,19 +180,38 @@ def main(argv=None) -> int:
                         "(default: a sequence the demo renders)")
     p.add_argument("--model", help="checkpoint (default: the bundled model, else random)")
     p.add_argument("--rate-factor", type=float, default=1.0, help="replay speed")
+    p.add_argument("--rate", type=float, metavar="HZ",
+                   help="frame rate of an image folder (default: from its times, else 10)")
+    p.add_argument("--camera-info", type=Path, metavar="FILE",
+                   help="intrinsics for images or a video (ROS camera YAML, Cityscapes JSON or "
+                        "a 3x3 text K; default: a calibration file in the folder, else none)")
     args = p.parse_args(argv)
+    try:
+        return run(args)
+    except DemoError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    from .bags import BagError, bag_frame_names, bag_topics
+
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     model = args.model or (None if bundled_model_path() else RANDOM)
     if model == RANDOM:
         print("demo: no trained model ships in models/ yet, so this demo runs a RANDOMLY "
               "INITIALISED network (labelled as such on every overlay)")
-    bag = input_bag(args.input, out)
+    bag = input_bag(args.input, out, args.rate, args.camera_info)
     recorded = out / "outputs_bag"
-    from .bags import bag_topics
-
-    topics = bag_topics(bag)
-    image_topic = next(t for t, (kind, _) in topics.items() if kind.endswith("/Image"))
+    try:
+        topics = bag_topics(bag)
+    except BagError as exc:
+        raise DemoError(str(exc)) from None
+    image_topic = next((t for t, (kind, _) in topics.items() if kind.endswith("/Image")), None)
+    if image_topic is None:
+        raise DemoError(f"{bag} has no sensor_msgs/Image topic (topics: "
+                        f"{', '.join(sorted(topics)) or 'none'})")
     info_topic = next((t for t, (kind, _) in topics.items() if kind.endswith("/CameraInfo")),
                       None)
     node_args = ["--image", image_topic, "--camera-info", info_topic or "camera_info",
@@ -171,8 +230,10 @@ def main(argv=None) -> int:
                           "/diagnostics"], out / "record.log")
         wait_for_line(out / "record.log", "recording /superseg/overlay", recorder, 60)
         time.sleep(1.0)  # let discovery match the recorder before the first frame
+        # Stamps stay as recorded, so each output names its input frame; the node measures its
+        # own latency (input received -> published) for /diagnostics.
         player = start("superseg_ros.cli.play",
-                       [str(bag), "--restamp", "--wait-for-subscribers", "60",
+                       [str(bag), "--wait-for-subscribers", "60",
                         "--rate-factor", str(args.rate_factor)], out / "play.log")
         player.wait()
         time.sleep(3.0)  # the node finishes the last frame, the recorder receives it
@@ -183,18 +244,19 @@ def main(argv=None) -> int:
     if player.returncode != 0:
         print(f"demo: the player failed, see {out / 'play.log'}", file=sys.stderr)
         return 1
-    frames = export_overlays(recorded, out / "overlay")
+    frames = export_overlays(recorded, out / "overlay", bag_frame_names(bag))
     summary = json.loads((out / "summary.json").read_text())
     keypoints = summary["topics"].get("/superseg/keypoints", {})
     counters = node_counters(recorded)
     print(f"demo: {frames} overlay frames in {out / 'overlay'}/, outputs in {recorded}/")
     print("demo: node frames received {frames_received}, processed {frames_processed}, "
           "skipped (network slower than the camera) {frames_skipped}, errors {errors}, "
-          "processing ms p50 {processing_ms_p50}".format_map(
+          "processing ms p50 {processing_ms_p50}, latency in the node (input received -> "
+          "published) ms p50 {node_latency_ms_p50}".format_map(
               collections.defaultdict(lambda: "?", counters)))
     print(f"demo: keypoints per frame {keypoints.get('keypoints_per_frame')}, share flagged "
-          f"unstable {keypoints.get('unstable_share')}, latency ms "
-          f"{keypoints.get('latency_ms')}; full summary in {out / 'summary.json'}")
+          f"unstable {keypoints.get('unstable_share')}; full summary in "
+          f"{out / 'summary.json'}")
     return 0 if frames else 1
 
 

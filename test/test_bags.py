@@ -17,9 +17,13 @@ from superseg_ros import bags
 from superseg_ros.cli import make_bag, play, record
 
 START_NS = 1_600_000_000_000_000_000  # fixed first stamp, so periods can be checked exactly
-CAMERA_JSON = {"extrinsic": {"baseline": 0.209313, "pitch": 0.038, "roll": 0.0, "yaw": -0.0195,
-                             "x": 1.7, "y": 0.1, "z": 1.22},
-               "intrinsic": {"fx": 2262.52, "fy": 2265.30, "u0": 1096.98, "v0": 513.137}}
+# A real Cityscapes camera JSON (for 2048x1024 images) ...
+CAMERA_JSON_FULL = {"extrinsic": {"baseline": 0.209313, "pitch": 0.038, "roll": 0.0,
+                                  "yaw": -0.0195, "x": 1.7, "y": 0.1, "z": 1.22},
+                    "intrinsic": {"fx": 2262.52, "fy": 2265.30, "u0": 1096.98, "v0": 513.137}}
+# ... and the same scaled to the 64x32 test frames (c' = (c + 0.5) / 32 - 0.5).
+CAMERA_JSON = {**CAMERA_JSON_FULL,
+               "intrinsic": {"fx": 70.70375, "fy": 70.790625, "u0": 33.7337, "v0": 15.5511}}
 
 
 def frame_image(i, w=32, h=24):
@@ -105,6 +109,9 @@ def test_folder_bag_round_trip(image_folder, tmp_path, storage, suffix):
         np.testing.assert_allclose(np.asarray(info.k).reshape(3, 3),
                                    [[30, 0, 15.5], [0, 30, 11.5], [0, 0, 1]])
         assert (info.width, info.height) == (32, 24)
+    # Each stamp maps back to its source file (in the metadata, for mcap and sqlite3 alike).
+    assert bags.bag_frame_names(out) == {stamp_ns(img): f"{i:04d}.png"
+                                         for i, (_, img) in enumerate(images)}
 
 
 def test_cityscapes_camera_json_gives_k(cityscapes, tmp_path):
@@ -153,6 +160,7 @@ def test_video_bag_uses_its_fps(video, tmp_path, capsys):
     assert np.allclose(np.diff(stamps), 1e9 / 12, atol=1)
     means = [np.asarray(m.data).reshape(24, 32, 3)[..., 2].mean() for _, m in images]
     assert np.all(np.diff(means) > 20)  # blue channel (last in rgb8) grows frame by frame
+    assert sorted(bags.bag_frame_names(out).values()) == [f"frame {i}" for i in range(4)]
 
 
 def test_camera_yaml_and_resize_scale_k(image_folder, tmp_path):
@@ -215,7 +223,7 @@ def test_make_bag_errors_exit_2(image_folder, tmp_path, capsys, args, expect):
     fill = {"tmp": tmp_path, "frames": image_folder, "garbage": garbage,
             "empty": tmp_path / "empty", "mixed": mixed}
     assert make_bag.main([a.format(**fill) for a in args] + ["-q"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = "\n".join(ln for ln in capsys.readouterr().err.splitlines() if ": note: " not in ln)
     assert len(err.splitlines()) == 1 and err.startswith("superseg-make-bag: error:")
     assert expect in err
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))
@@ -273,6 +281,238 @@ def test_summary_of_recorded_keypoints(tmp_path):
     assert summary["unstable_share"] == pytest.approx(15 / 60, abs=1e-4)
     assert summary["latency_ms"]["p50"] == pytest.approx(10.0)
     assert summary["latency_ms"]["max"] == pytest.approx(15.0)
+    assert bags.bag_frame_names(out) == {}  # not made by make-bag: no frame names, no error
+
+
+# --------------------------------------------------------------------------- unreadable images
+
+
+@pytest.fixture
+def damaged_folder(image_folder):
+    """The 5 frames with 0001.png garbage and an empty 0005.png: 4 readable frames."""
+    (image_folder / "0001.png").write_bytes(b"not a png at all")
+    (image_folder / "0005.png").write_bytes(b"")
+    return image_folder
+
+
+def test_unreadable_images_are_skipped_and_reported(damaged_folder, tmp_path, capsys):
+    out = tmp_path / "bag"
+    assert make([damaged_folder, "--output", out, "--rate", 10]) == 1  # a bag, but not all of it
+    captured = capsys.readouterr()
+    skipped = [ln for ln in captured.err.splitlines() if "skipped" in ln]
+    assert skipped == [
+        f"superseg-make-bag: skipped {damaged_folder / '0001.png'}: not an image, a damaged one, "
+        f"or an unsupported format",
+        f"superseg-make-bag: skipped {damaged_folder / '0005.png'}: empty file"]
+    assert "4 frames (image folder, 2 unreadable files skipped)" in captured.out
+    images = read_bag(out)["/camera/image_raw"]
+    blue = [int(np.asarray(m.data)[2]) for _, m in images]
+    assert blue == [10 + 40 * i for i in (0, 2, 3, 4)]
+    stamps = [stamp_ns(m) for _, m in images]
+    assert np.allclose(np.diff(stamps), 1e8, atol=1)  # the bag's frames stay evenly spaced
+    assert bags.bag_frame_names(out) == dict(zip(stamps, ["0000.png", "0002.png", "0003.png",
+                                                          "0004.png"]))
+
+
+def test_skipped_files_in_bag_report_and_max_frames_counts_frames(damaged_folder, tmp_path):
+    source = bags.open_source(damaged_folder)
+    report = bags.write_bag(source.frames(max_frames=2), tmp_path / "bag", 10.0,
+                            progress=False)
+    assert report.frames == 2  # 0000 and 0002: the skipped 0001 does not count
+    assert report.skipped == [(str(damaged_folder / "0001.png"),
+                               "not an image, a damaged one, or an unsupported format")]
+    assert sorted(bags.bag_frame_names(tmp_path / "bag").values()) == ["0000.png", "0002.png"]
+
+
+def test_strict_stops_at_the_first_unreadable_image(damaged_folder, tmp_path, capsys):
+    assert make([damaged_folder, "--output", tmp_path / "o", "--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("superseg-make-bag: error: cannot read ") and "0001.png" in err
+    assert "--strict" in err and "0005.png" not in err
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))
+
+
+def test_no_readable_image_at_all_exits_2(tmp_path, capsys):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (folder / name).write_bytes(b"junk")
+    assert make([folder, "--output", tmp_path / "o"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("superseg-make-bag: error: no readable frame: all 2 input files")
+    assert "a.png" in err
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))
+
+
+def test_size_mismatch_still_aborts_among_skipped_files(damaged_folder, tmp_path, capsys):
+    cv2.imwrite(str(damaged_folder / "0003.png"), frame_image(3, 48, 24))
+    assert make([damaged_folder, "--output", tmp_path / "o"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "0003.png is 48x24 but the first frame is 32x24; use --resize" in err
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- calibration checks
+
+
+def k_text(fx, cx, cy):
+    return f"{fx} 0 {cx}\n0 {fx} {cy}\n0 0 1\n"
+
+
+@pytest.mark.parametrize("calibration,expect", [
+    (["--fx", "500", "--cx", "900", "--cy", "700"],
+     ["cx=900, cy=700", "32x24", "--fx/--fy/--cx/--cy", "another resolution"]),
+    (["--fx", "30", "--cx", "31.6", "--cy", "11.5"], ["cx=31.6", "cx <= 31.5"]),  # just outside
+    (["--fx", "30", "--cx", "15", "--cy", "-0.6"], ["cy=-0.6", "-0.5 <= cy"]),
+    (["--camera-info", "{tmp}/k.txt"], ["cx=320, cy=240", "32x24", "k.txt"]),
+    (["--camera-info", "{tmp}/cam.yaml"], ["cx=320, cy=240", "32x24", "cam.yaml"]),
+    (["--camera-info", "{tmp}/nan.txt"], ["non-finite", "nan.txt"]),
+    (["--fx", "0", "--cx", "15", "--cy", "11"], ["fx=0", "positive", "--fx/--fy/--cx/--cy"]),
+])
+def test_calibration_must_fit_the_images(image_folder, tmp_path, capsys, calibration, expect):
+    (tmp_path / "k.txt").write_text(k_text(500, 320, 240))  # K for 640x480, frames are 32x24
+    (tmp_path / "nan.txt").write_text(k_text("nan", 15, 11))
+    (tmp_path / "cam.yaml").write_text(yaml.safe_dump({
+        "image_width": 32, "image_height": 24,
+        "camera_matrix": {"rows": 3, "cols": 3, "data": [500, 0, 320, 0, 500, 240, 0, 0, 1]}}))
+    args = [a.format(tmp=tmp_path) for a in calibration]
+    assert make([image_folder, "--output", tmp_path / "o", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("superseg-make-bag: error: calibration from ")
+    for text in expect:
+        assert text in err, err
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))
+
+
+def test_principal_point_on_the_image_border_is_accepted(image_folder, tmp_path):
+    assert make([image_folder, "--output", tmp_path / "a", "--fx", 30, "--cx", -0.5,
+                 "--cy", 23.5, "--max-frames", 1]) == 0
+
+
+def test_cityscapes_json_for_another_resolution_is_refused(cityscapes, tmp_path, capsys):
+    camera = cityscapes.parents[2] / "camera" / "val" / "frankfurt"
+    (camera / "frankfurt_000000_000019_camera.json").write_text(json.dumps(CAMERA_JSON_FULL))
+    assert make([cityscapes, "--output", tmp_path / "o"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cx=1096.98, cy=513.137" in err and "64x32" in err
+    assert "frankfurt_000000_000019_camera.json" in err
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- folder rate and K
+
+
+def named_folder(tmp_path, names):
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    for i, name in enumerate(names):
+        cv2.imwrite(str(folder / name), frame_image(i))
+    return folder
+
+
+def notes(err):
+    return [ln.removeprefix("superseg-make-bag: note: ") for ln in err.splitlines()
+            if ln.startswith("superseg-make-bag: note: ")]
+
+
+def bag_period_ns(path):
+    stamps = [stamp_ns(m) for _, m in read_bag(path)["/camera/image_raw"]]
+    return np.diff(stamps)
+
+
+# Four frames 0.1 s apart with one dropped (0.2 s): the median spacing gives 10 Hz.
+TIMES = [0.0, 0.1, 0.3, 0.4]
+
+
+@pytest.mark.parametrize("times_file,text,origin", [
+    ("times.txt", "".join(f"{t:e}\n" for t in TIMES), "times.txt"),
+    ("timestamps.txt", "".join(f"2011-09-26 13:02:{25 + t:012.9f}\n" for t in TIMES),
+     "timestamps.txt"),
+    (None, None, "the image file names"),
+])
+def test_folder_frame_times_give_the_rate(tmp_path, capsys, times_file, text, origin):
+    if times_file is None:  # TUM style: the names are the times
+        folder = named_folder(tmp_path, [f"{1341847980.722988 + t:.6f}.png" for t in TIMES])
+    else:
+        folder = named_folder(tmp_path, [f"{i:06d}.png" for i in range(4)])
+        (folder / times_file).write_text(text)
+    out = tmp_path / "bag"
+    assert make([folder, "--output", out]) == 0
+    assert f"rate 10 Hz from {origin}" in notes(capsys.readouterr().err)
+    assert np.allclose(bag_period_ns(out), 1e8, atol=1)
+
+
+def test_frame_times_count_mismatch_is_noted(tmp_path, capsys):
+    folder = named_folder(tmp_path, [f"{i:06d}.png" for i in range(3)])
+    (folder / "times.txt").write_text("0.0\n0.05\n0.1\n0.15\n0.2\n")
+    assert make([folder, "--output", tmp_path / "bag"]) == 0
+    found = notes(capsys.readouterr().err)
+    assert "rate 20 Hz from times.txt" in found
+    assert any("times.txt has 5 times for 3 images" in n for n in found), found
+
+
+def test_malformed_times_file_names_file_and_line(tmp_path, capsys):
+    folder = named_folder(tmp_path, [f"{i:06d}.png" for i in range(3)])
+    (folder / "timestamps.txt").write_text("2011-09-26 13:02:25.0\n2011-09-26 13:02:25.1\n"
+                                           "yesterday\n")
+    assert make([folder, "--output", tmp_path / "o"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("superseg-make-bag: error:") and len(err.splitlines()) == 1
+    assert f"{folder / 'timestamps.txt'} line 3" in err and "'yesterday'" in err
+    assert "--rate" in err
+    # --rate wins over the folder's times, which are then not read at all.
+    assert make([folder, "--output", tmp_path / "o", "--rate", 5]) == 0
+    assert not any("rate" in n for n in notes(capsys.readouterr().err))
+    assert np.allclose(bag_period_ns(tmp_path / "o"), 2e8, atol=1)
+
+
+def test_folder_without_times_or_calibration_says_so(image_folder, tmp_path, capsys):
+    assert make([image_folder, "--output", tmp_path / "bag"]) == 0  # names 0000..: not times
+    found = notes(capsys.readouterr().err)
+    assert found == [
+        f"no frame times in {image_folder} (times.txt, timestamps.txt or timestamped file "
+        f"names): using 10 Hz; pass --rate",
+        f"no calibration file in {image_folder} (camera_info.yaml, camera.yaml, "
+        f"calibration.yaml, cam.txt, K.txt): no CameraInfo; pass --camera-info or --fx/--cx/--cy"]
+    assert np.allclose(bag_period_ns(tmp_path / "bag"), 1e8, atol=1)
+
+
+def camera_yaml(fx, cx, cy, width=32, height=24):
+    return yaml.safe_dump({"image_width": width, "image_height": height,
+                           "camera_matrix": {"rows": 3, "cols": 3,
+                                             "data": [fx, 0, cx, 0, fx, cy, 0, 0, 1]}})
+
+
+def first_k(path):
+    return np.asarray(read_bag(path)["/camera/camera_info"][0][1].k).reshape(3, 3)
+
+
+def test_folder_calibration_file_gives_k(image_folder, tmp_path, capsys):
+    (image_folder / "cam.txt").write_text(k_text(30, 15.5, 11.5))
+    assert make([image_folder, "--output", tmp_path / "a"]) == 0
+    assert "intrinsics from cam.txt" in notes(capsys.readouterr().err)
+    np.testing.assert_allclose(first_k(tmp_path / "a"), [[30, 0, 15.5], [0, 30, 11.5], [0, 0, 1]])
+
+    # The ROS YAML comes first in the search order.
+    (image_folder / "camera_info.yaml").write_text(camera_yaml(40, 16, 12))
+    assert make([image_folder, "--output", tmp_path / "b"]) == 0
+    assert "intrinsics from camera_info.yaml" in notes(capsys.readouterr().err)
+    np.testing.assert_allclose(first_k(tmp_path / "b"), [[40, 0, 16], [0, 40, 12], [0, 0, 1]])
+
+    # The command line overrides the folder, and --no-camera-info drops it.
+    assert make([image_folder, "--output", tmp_path / "c", "--fx", 50, "--cx", 10,
+                 "--cy", 10]) == 0
+    assert not any("intrinsics" in n for n in notes(capsys.readouterr().err))
+    np.testing.assert_allclose(first_k(tmp_path / "c"), [[50, 0, 10], [0, 50, 10], [0, 0, 1]])
+    assert make([image_folder, "--output", tmp_path / "d", "--no-camera-info"]) == 0
+    assert set(bags.bag_topics(tmp_path / "d")) == {"/camera/image_raw"}
+
+
+def test_folder_calibration_is_checked_like_any_other(image_folder, tmp_path, capsys):
+    (image_folder / "K.txt").write_text(k_text(500, 320, 240))
+    assert make([image_folder, "--output", tmp_path / "o"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"calibration from {image_folder / 'K.txt'}" in err and "cx=320" in err
 
 
 # --------------------------------------------------------------------------- over real DDS
@@ -400,3 +640,50 @@ def test_record_finalises_bag_on_sigint(ros_node, ros_helpers, tmp_path):
     summary = json.loads((tmp_path / "rec_int.summary.json").read_text())
     assert summary["stopped_by"] == "SIGINT"
     assert summary["topics"]["/test_bags/keypoints"]["messages"] == 2
+
+
+def keypoints_bag(path, stamps_and_receive_ns, group_id=0, diagnostics=None):
+    """A bag of 5-keypoint Keypoints messages (2 flagged unstable) with the given group_id."""
+    with bags.BagWriter(path) as writer:
+        writer.add_topic("/superseg/keypoints", bags.KEYPOINTS_TYPE)
+        store = writer.store
+        Keypoints = store.types[bags.KEYPOINTS_TYPE]
+        Header = store.types["std_msgs/msg/Header"]
+        Time = store.types["builtin_interfaces/msg/Time"]
+        f32 = np.zeros(5, np.float32)
+        for stamp, received in stamps_and_receive_ns:
+            msg = Keypoints(header=Header(stamp=Time(*divmod(stamp, 10**9)), frame_id="camera"),
+                            width=32, height=24, x=f32, y=f32, score=f32,
+                            class_id=np.full(5, group_id, np.uint8),
+                            group_id=np.full(5, group_id, np.uint8),
+                            stable=np.arange(5) >= 2, x_normalized=f32, y_normalized=f32)
+            writer.write("/superseg/keypoints", received, msg)
+        if diagnostics is not None:
+            writer.add_topic("/diagnostics", bags.DIAGNOSTICS_TYPE)
+            types = store.types
+            status = types["diagnostic_msgs/msg/DiagnosticStatus"](
+                level=0, name="/front/superseg_node: keypoint extraction", message="ok",
+                hardware_id="cpu", values=[types["diagnostic_msgs/msg/KeyValue"](key=k, value=v)
+                                           for k, v in diagnostics.items()])
+            array = types["diagnostic_msgs/msg/DiagnosticArray"](
+                header=Header(stamp=Time(0, 0), frame_id=""), status=[status])
+            writer.write("/diagnostics", stamps_and_receive_ns[-1][1], array)
+
+
+def test_summary_says_filter_off_and_withholds_latency_of_replayed_stamps(tmp_path):
+    """Outputs of a bag replayed without --restamp: stamps 40 s old, semantic filter off."""
+    old = [(START_NS + i * 10**8, START_NS + 40 * 10**9 + i * 10**8) for i in range(3)]
+    keypoints_bag(tmp_path / "replayed", old, group_id=255,
+                  diagnostics={"node_latency_ms_p50": "85.0", "node_latency_ms_p95": "97.5"})
+    summary = bags.summarize_bag(tmp_path / "replayed")
+    topic = summary["topics"]["/superseg/keypoints"]
+    assert topic["unstable_share"] == "filter off"
+    assert topic["latency_ms"] is None and "not live" in topic["latency"]
+    assert "40.0 s older" in topic["latency"]
+    assert summary["node_latency_ms"] == {"/front/superseg_node": {"p50": 85.0, "p95": 97.5}}
+
+    live = [(START_NS + i * 10**8, START_NS + i * 10**8 + 30_000_000) for i in range(3)]
+    keypoints_bag(tmp_path / "live", live, group_id=0)
+    topic = bags.summarize_bag(tmp_path / "live")["topics"]["/superseg/keypoints"]
+    assert topic["unstable_share"] == pytest.approx(2 / 5)
+    assert topic["latency_ms"]["p50"] == pytest.approx(30.0) and "latency" not in topic

@@ -34,3 +34,21 @@ def test_bundled_model_runs_without_the_semantic_filter_and_says_so():
     features = extractor(np.repeat(image[..., None], 3, axis=2)).unbatch()[0]
     assert len(features["keypoints"]) > 0
     assert (features["groups"] == 255).all()
+
+
+def test_readme_python_api_runs_from_any_directory(tmp_path, monkeypatch, capsys):
+    """The README's Python API example, as written, from a folder that is not the repository:
+    it finds the bundled model by the package's helper and prints the filter note once."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Python API"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S)[1]
+    monkeypatch.chdir(tmp_path)
+    image = SyntheticShapes({"height": 64, "width": 80}, seed=2).sample(0).image
+    rgb = np.repeat(image[..., None], 3, axis=2)
+    namespace = {"rgb_image_a": rgb, "rgb_image_b": rgb}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert len(namespace["per_image"]) == 2
+    assert capsys.readouterr().out.count("semantic head is untrained") == 1

@@ -1,10 +1,15 @@
 """Checkpoints: round trip, fp16 storage, and clear errors for every way a file can be wrong."""
 
+import json
+import zipfile
+
+import cv2
+import numpy as np
 import pytest
 import torch
 
-from superseg_ros.checkpoint import (CheckpointError, load_model, open_model, read_checkpoint,
-                                     save_checkpoint)
+from superseg_ros.checkpoint import (CHECKPOINT_IS, CheckpointError, load_model, open_model,
+                                     read_checkpoint, save_checkpoint)
 from superseg_ros.config import ConfigError
 from superseg_ros.network import SuperSegmentation
 
@@ -76,8 +81,67 @@ def test_code_in_a_pickle_is_not_executed(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"format": "superseg_ros.checkpoint", "x": Evil()}, path)
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="not a readable checkpoint") as exc:
         read_checkpoint(path)
+    assert "Python objects" in str(exc.value) and "builtins.print" in str(exc.value)
+    assert "weights_only" not in str(exc.value)
+
+
+def write_onnx(path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy"]
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", io[:1], io[1:])
+    onnx.save(helper.make_model(graph, producer_name="pytorch"), path)
+
+
+def write_truncated_checkpoint(path):
+    torch.save({"w": torch.zeros(64)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def write_image(path, suffix):
+    path.write_bytes(cv2.imencode(suffix, np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+
+
+def write_zip(path):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "hello")
+
+
+# How each kind of file is made, and what the message must call it.
+NOT_CHECKPOINTS = {
+    "empty": (lambda p: p.write_bytes(b""), "it is an empty file"),
+    "yaml": (lambda p: p.write_text("# run\nmodel:\n  encoder: vgg\n"),
+             "it is a text file (YAML"),
+    "json": (lambda p: p.write_text(json.dumps({"encoder": "vgg"})), "it is a text file (JSON"),
+    "onnx": (write_onnx, "it is an ONNX model (protobuf): an exported network"),
+    "png": (lambda p: write_image(p, ".png"), "it is a PNG image"),
+    "jpeg": (lambda p: write_image(p, ".jpg"), "it is a JPEG image"),
+    "zip": (write_zip, "it is a zip archive that is not a PyTorch file"),
+    "truncated": (write_truncated_checkpoint, "it is a truncated or corrupt PyTorch archive"),
+    "module": (lambda p: torch.save(torch.nn.Linear(2, 2), p),
+               "Python objects other than tensors and plain containers (a whole pickled "
+               "nn.Module: torch.nn.modules.linear.Linear); superseg_ros never unpickles code"),
+    "binary": (lambda p: p.write_bytes(bytes(range(256)) * 4), "it is unknown binary data"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_CHECKPOINTS))
+def test_files_that_are_not_checkpoints_are_named(tmp_path, kind):
+    make, expected = NOT_CHECKPOINTS[kind]
+    path = tmp_path / "model.pt"
+    make(path)
+    with pytest.raises(CheckpointError) as exc:
+        read_checkpoint(path)
+    message = str(exc.value)
+    assert message.startswith(f"{path}: not a readable checkpoint: ")
+    assert expected in message
+    assert message.endswith(CHECKPOINT_IS)  # complete, not cut off
+    assert "weights_only" not in message
+    assert exc.value.__cause__ is None and exc.value.__suppress_context__  # nor in a traceback
 
 
 def edited(tmp_path, model, edit):

@@ -5,6 +5,7 @@ process publishes Image + CameraInfo and checks what comes back against the same
 run in-process on the same checkpoint.
 """
 
+import re
 import time
 
 import cv2
@@ -267,3 +268,115 @@ def test_parameters_change_at_run_time_where_safe(client, scene):
     assert not result.successful and "semantic_filter" in result.reason
     [result] = set_parameters(client, extractor__max_keypoints=EXTRACTOR["max_keypoints"])
     assert result.successful
+
+
+# --- namespaces, parameter files, shutdown --------------------------------------------------
+
+
+def shipped_config_with(tmp_path, **values):
+    """config/superseg.yaml exactly as shipped (its node key untouched), some values changed."""
+    text = (ros_helpers.REPO / "config" / "superseg.yaml").read_text()
+    for key, value in values.items():
+        text, count = re.subn(rf"^(\s*{key}:)[ \t]+\S+", rf"\g<1> {value}", text, flags=re.M)
+        assert count == 1, key
+    path = tmp_path / "superseg.yaml"
+    path.write_text(text)
+    return path
+
+
+def wait_for_log(child, text, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while text not in child.output() and time.monotonic() < deadline:
+        assert child.popen.poll() is None, child.output()
+        time.sleep(0.2)
+    assert text in child.output(), child.output()
+
+
+def test_a_namespaced_node_applies_the_shipped_parameter_file(tmp_path, checkpoint):
+    """superseg-launch --namespace front with the shipped file: its values reach
+    /front/superseg_node (max_keypoints 20, the model it names), and the node says so."""
+    config = shipped_config_with(tmp_path, model=f'"{checkpoint}"', max_keypoints=20,
+                                 detection_threshold=0.0, profile="reliable")
+    args = ["-m", "superseg_ros.ros.launch_cli", "--config", str(config), "--namespace", "front"]
+    with ros_helpers.python_process(args, tmp_path / "node.log") as child:
+        context = rclpy.context.Context()
+        rclpy.init(context=context)
+        node = rclpy.create_node("front_client", context=context)
+        try:
+            image_pub = node.create_publisher(Image, "/front/image", QOS)
+            info_pub = node.create_publisher(CameraInfo, "/front/camera_info", QOS)
+            got = []
+            node.create_subscription(Keypoints, "/front/superseg/keypoints", got.append, QOS)
+            assert ros_helpers.spin_until(
+                node, lambda: image_pub.get_subscription_count() > 0, 60), child.output()
+            deadline = time.monotonic() + 30
+            while not got and time.monotonic() < deadline:
+                image = make_image(render_scene(200, 300, seed=4), "rgb8")
+                image.header.stamp = node.get_clock().now().to_msg()
+                info = camera_info()
+                info.header = image.header
+                image_pub.publish(image)
+                info_pub.publish(info)
+                ros_helpers.spin_until(node, lambda: bool(got), 0.5)
+            assert got, child.output()
+            assert len(got[0].x) == 20
+            log = child.output()
+            assert f"parameter file {config}: " in log and "/front/superseg_node" in log
+            assert "extractor.max_keypoints=20" in log and f"model {checkpoint.name}" in log
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown(context=context)
+
+
+def test_the_node_warns_when_a_parameter_file_is_keyed_for_another_namespace(tmp_path,
+                                                                              checkpoint):
+    old = tmp_path / "old.yaml"
+    old.write_text("superseg_node:\n  ros__parameters:\n    extractor: {max_keypoints: 20}\n")
+    args = ["-m", "superseg_ros.ros.node", "--ros-args", "--params-file", str(old),
+            "-r", "__ns:=/elsewhere", "-p", f"model:={checkpoint}"]
+    with ros_helpers.python_process(args, tmp_path / "node.log") as child:
+        wait_for_log(child, "listening on")
+        log = child.output()
+        assert f"{old}: no parameters for /elsewhere/superseg_node" in log
+        assert "'/**/superseg_node:'" in log and "NOT applied" in log
+
+
+def test_sigint_abandons_a_frame_in_flight_and_exits_promptly(tmp_path):
+    """ros2 launch escalates to SIGTERM 5 s after SIGINT: the node must not wait for a
+    forward pass. A full-size network on a 1200x1600 frame takes seconds on a CPU."""
+    import signal
+
+    args = ["-m", "superseg_ros.ros.launch_cli", "--model", "random", "--namespace", "slow",
+            "--param", "qos.profile:=reliable", "--param", "sync.camera_info_timeout:=0.0"]
+    with ros_helpers.python_process(args, tmp_path / "node.log") as child:
+        context = rclpy.context.Context()
+        rclpy.init(context=context)
+        node = rclpy.create_node("slow_client", context=context)
+        try:
+            pub = node.create_publisher(Image, "/slow/image", QOS)
+            statuses = []
+            node.create_subscription(DiagnosticArray, "/diagnostics",
+                                     lambda m: statuses.extend(m.status), 10)
+            assert ros_helpers.spin_until(node, lambda: pub.get_subscription_count() > 0,
+                                          60), child.output()
+            frame = np.random.default_rng(0).integers(0, 255, (1200, 1600, 3), np.uint8)
+            msg = make_image(frame, "rgb8")
+            msg.header.stamp = node.get_clock().now().to_msg()
+            pub.publish(msg)
+
+            def in_flight():
+                values = [{kv.key: kv.value for kv in s.values} for s in statuses
+                          if s.name.startswith("/slow/superseg_node")]
+                return values and values[-1]["frames_received"] == "1"
+            assert ros_helpers.spin_until(node, in_flight, 60), child.output()
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown(context=context)
+        started = time.monotonic()
+        child.popen.send_signal(signal.SIGINT)
+        child.popen.wait(timeout=60)
+        seconds = time.monotonic() - started
+        print(f"SIGINT -> exit with a frame in flight: {seconds:.2f} s")
+        assert child.popen.returncode == 0, child.output()
+        assert "abandoned the frame in flight" in child.output()
+        assert seconds < 5.0, f"took {seconds:.1f} s: ros2 launch would have sent SIGTERM"

@@ -5,6 +5,9 @@ INPUT is a folder of images (sorted by name), a Cityscapes leftImg8bit_sequence/
 folder (CameraInfo from camera/<split>/<city>/<city>_<seq>_*_camera.json), one image, or a video.
 Calibration from --camera-info or --fx/--fy/--cx/--cy overrides the Cityscapes JSON; without any
 calibration no CameraInfo topic is written (the node then publishes NaN normalised coordinates).
+A plain image folder may carry its own intrinsics (camera_info.yaml, camera.yaml,
+calibration.yaml, cam.txt or K.txt) and frame times (times.txt, timestamps.txt or Unix-time file
+names), used unless given here. An unreadable image is skipped (exit 1) unless --strict.
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ def parse_args(argv):
     p.add_argument("input", type=Path, help="image folder, Cityscapes sequence folder, or video")
     p.add_argument("-o", "--output", required=True, type=Path, help="bag folder to create")
     p.add_argument("--rate", type=float, help="frames per second (default: the video's fps, "
-                   "17 for Cityscapes sequences, else 10)")
+                   "17 for Cityscapes sequences, an image folder's frame times, else 10)")
     p.add_argument("--storage", default="mcap", choices=STORAGES)
     p.add_argument("--encoding", default="rgb8", choices=ENCODINGS)
-    cal = p.add_argument_group("calibration (else from the Cityscapes camera JSON, or none)")
+    cal = p.add_argument_group("calibration (else from the Cityscapes camera JSON or the "
+                               "folder's calibration file, or none)")
     cal.add_argument("--camera-info", type=Path, metavar="FILE",
                      help="ROS camera_calibration .yaml, Cityscapes camera .json, or a text "
                           "3x3 K (KITTI cam.txt)")
@@ -55,6 +59,9 @@ def parse_args(argv):
     p.add_argument("--frame-id", default="camera")
     p.add_argument("--start-time", type=float, metavar="SECONDS",
                    help="first stamp, seconds since the epoch (default: now)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable image (exit 2, no bag) instead of "
+                        "skipping it")
     p.add_argument("--force", action="store_true", help="replace an existing bag at --output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -76,6 +83,20 @@ def calibration_from_args(args):
     return None
 
 
+def print_report(args, source, rate: float, report) -> None:
+    """One stderr line per skipped file, then the summary line on stdout."""
+    for name, reason in report.skipped:
+        print(f"{PROG}: skipped {name}: {reason}", file=sys.stderr)
+    info = (f"{report.camera_info} CameraInfo on {args.info_topic}" if report.camera_info
+            else "no CameraInfo (no calibration given or found)")
+    n_skipped = len(report.skipped)
+    skipped = f", {n_skipped} unreadable file{'s' * (n_skipped > 1)} skipped" if n_skipped else ""
+    print(f"{PROG}: {report.frames} frames ({source.kind}{skipped}) at {rate:g} Hz on "
+          f"{args.image_topic}, {info} -> {report.path} ({args.storage}, "
+          f"{report.size_bytes / 1e6:.1f} MB, {report.duration_s:.2f} s of data, written in "
+          f"{report.seconds:.1f} s)")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -84,28 +105,25 @@ def main(argv=None) -> int:
         if args.rate is not None and not args.rate > 0:
             raise BagError(f"--rate must be positive, got {args.rate}")
         source = open_source(args.input, calibration_from_args(args), args.no_camera_info,
-                             args.sequence)
+                             args.sequence, args.rate)
         rate = args.rate or source.default_rate
         for note in source.notes:
             print(f"{PROG}: note: {note}", file=sys.stderr)
         start = None if args.start_time is None else round(args.start_time * 1e9)
-        report = write_bag(source.frames(args.max_frames, args.resize), args.output, rate,
-                           storage=args.storage, image_topic=args.image_topic,
-                           info_topic=args.info_topic, frame_id=args.frame_id,
-                           encoding=args.encoding, start_stamp=start, force=args.force,
-                           total=source.total(args.max_frames), progress=not args.quiet)
+        frames = source.frames(args.max_frames, args.resize, strict=args.strict)
+        report = write_bag(frames, args.output, rate, storage=args.storage,
+                           image_topic=args.image_topic, info_topic=args.info_topic,
+                           frame_id=args.frame_id, encoding=args.encoding, start_stamp=start,
+                           force=args.force, total=source.total(args.max_frames),
+                           progress=not args.quiet)
     except BagError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing written to {args.output}", file=sys.stderr)
         return 130
-    info = (f"{report.camera_info} CameraInfo on {args.info_topic}" if report.camera_info
-            else "no CameraInfo (no calibration given)")
-    print(f"{PROG}: {report.frames} frames ({source.kind}) at {rate:g} Hz on {args.image_topic}, "
-          f"{info} -> {report.path} ({args.storage}, {report.size_bytes / 1e6:.1f} MB, "
-          f"{report.duration_s:.2f} s of data, written in {report.seconds:.1f} s)")
-    return 0
+    print_report(args, source, rate, report)
+    return 1 if report.skipped else 0  # the bag is usable, but not everything is in it
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ Messages are published as the stored CDR bytes (no deserialisation), each at
 start + (t - t_first) / rate-factor of wall-clock time, so a slow read never accumulates drift.
 DDS stays on loopback (superseg_ros.ros.loopback). Without --restamp the headers keep their
 recorded stamps, like `ros2 bag play`; no /clock is published.
+
+Playback starts once the topics have subscribers (up to --wait-for-subscribers seconds): a node
+started at the same time would otherwise miss the first frames while discovery matches it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from ..bags import BagError, bag_topics, header_stamp_ns, iter_bag, message_clas
     with_header_stamp
 
 PROG = "superseg-play"
+DEFAULT_WAIT_S = 30.0
+# Once one topic has a subscriber, how long the others get to follow: one participant's
+# endpoints are discovered together, so a topic still unmatched after this has no subscriber.
+OTHERS_GRACE_S = 2.0
 
 
 def parse_args(argv):
@@ -36,11 +43,13 @@ def parse_args(argv):
     p.add_argument("--restamp", action="store_true",
                    help="shift header stamps so they match the replay time (stamps that were "
                         "equal stay equal); for latency measurements and --loop")
-    p.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
-                   help="first wait up to SECONDS until every topic has a subscriber")
+    p.add_argument("--wait-for-subscribers", type=float, default=DEFAULT_WAIT_S,
+                   metavar="SECONDS",
+                   help="before playing, wait up to SECONDS until the topics have subscribers "
+                        f"(default {DEFAULT_WAIT_S:g}; 0 = play at once)")
     p.add_argument("--delay", type=float, default=0.5, metavar="SECONDS",
-                   help="pause after creating the publishers so running subscribers discover "
-                        "them and get the first message (default 0.5)")
+                   help="pause after the wait so the subscribers' side of discovery completes "
+                        "and they get the first message (default 0.5)")
     p.add_argument("--ack-timeout", type=float, default=3.0, metavar="SECONDS",
                    help="reliable QoS: at the end, wait up to SECONDS until subscribers have "
                         "acknowledged everything (a lost sample is resent after Fast DDS's "
@@ -106,16 +115,28 @@ def qos_profile(name: str):
     return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def wait_for_subscribers(publishers: dict, timeout: float, quiet: bool) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(p.get_subscription_count() > 0 for p in publishers.values()):
-            return
+def wait_for_subscribers(publishers: dict, timeout: float, quiet: bool) -> list[str]:
+    """Wait until every topic has a subscriber, or some have and the rest did not follow within
+    OTHERS_GRACE_S, or `timeout`; returns the topics without one (said on stderr)."""
+    def missing():
+        return [t for t, p in publishers.items() if p.get_subscription_count() == 0]
+
+    started = time.monotonic()
+    deadline, first_match = started + timeout, None
+    if missing() and not quiet:
+        print(f"{PROG}: waiting up to {timeout:g} s for subscribers on {', '.join(missing())} "
+              f"(--wait-for-subscribers 0 plays at once)", file=sys.stderr)
+    while missing() and time.monotonic() < deadline:
+        if first_match is None and len(missing()) < len(publishers):
+            first_match = time.monotonic()
+            deadline = min(deadline, first_match + OTHERS_GRACE_S)
         time.sleep(0.02)
-    missing = [t for t, p in publishers.items() if p.get_subscription_count() == 0]
-    if missing and not quiet:
-        print(f"{PROG}: no subscriber after {timeout:g} s on {', '.join(missing)}; playing anyway",
-              file=sys.stderr)
+    unmatched = missing()
+    if unmatched and not quiet:
+        print(f"{PROG}: no subscriber on {', '.join(unmatched)} after "
+              f"{time.monotonic() - started:.1f} s; playing anyway (those messages reach "
+              f"nobody)", file=sys.stderr)
+    return unmatched
 
 
 def play_once(args, publishers: dict, restamp_topics: set, start_ns: int | None) -> int:
@@ -152,7 +173,8 @@ def main(argv=None) -> int:
     from rclpy.signals import SignalHandlerOptions
 
     # Our own handlers: SIGINT/SIGTERM end the replay between two messages.
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    # argv is ours (argparse): rcl would read OLD:=NEW of --remap as a deprecated remap rule
+    rclpy.init(args=sys.argv[:1], signal_handler_options=SignalHandlerOptions.NO)
     # Set explicitly: a shell starts background jobs with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)

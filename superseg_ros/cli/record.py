@@ -1,6 +1,8 @@
 """superseg-record: record topics (by default the superseg node's outputs) into a ROS 2 bag, plus a
-JSON summary next to it: messages and rate per topic, latency (receive time - header stamp) and,
-for superseg_msgs/Keypoints, keypoints per frame and the share flagged unstable.
+JSON summary next to it: messages and rate per topic, latency (receive time - header stamp; only
+when the stamps are live, else the summary says they are not), for superseg_msgs/Keypoints the
+keypoints per frame and the share flagged unstable ("filter off" when no filter ran), and with
+/diagnostics recorded the node's own latency (input received -> published).
 
 Subscriptions are raw (no deserialisation in the callback); each topic is subscribed as soon as a
 publisher appears, with its type from the ROS graph and its .msg definition registered in the bag.
@@ -150,7 +152,8 @@ def main(argv=None) -> int:
     def on_signal(signum, _frame):
         stop["why"] = signal.Signals(signum).name
 
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    # argv is ours (argparse): rcl would read OLD:=NEW of --remap as a deprecated remap rule
+    rclpy.init(args=sys.argv[:1], signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     node = rclpy.create_node("superseg_record")

@@ -4,8 +4,10 @@
                     [--image /camera/image_raw] [--camera-info /camera/camera_info]
                     [--param name:=value ...]
 
-Reads the same parameter file as the launch file, checks it before starting (an unknown key or
-a wrong type exits 2 naming it), then runs superseg_node in this process.
+Reads the same parameter file as the launch file, the way the node will (the sections that
+match its namespace), checks it before starting (an unknown key, a wrong type or a file with no
+section for the node exits 2 naming it), then runs superseg_node in this process with the
+arguments launch_ros would give it (superseg_ros.ros.launch_plan).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError, read_parameters
+from .launch_plan import NodeLaunch
 from .parameters import NODE_NAME, flatten, node_settings
 
 
@@ -29,43 +32,39 @@ def default_config() -> Path:
     return next((p for p in candidates if p.is_file()), candidates[0])
 
 
-def ros_arguments(args) -> list[str]:
-    ros_args = ["--ros-args", "--params-file", str(args.config)]
-    if args.namespace:
-        ros_args += ["-r", f"__ns:=/{args.namespace.strip('/')}"]
-    for name, topic in (("image", args.image), ("camera_info", args.camera_info)):
-        if topic:
-            ros_args += ["-r", f"{name}:={topic}"]
-            if name == "image":
-                ros_args += ["-r", f"image/compressed:={topic}/compressed"]
-    if args.model is not None:
-        ros_args += ["-p", f"model:={args.model}"]
-    for item in args.param:
-        ros_args += ["-p", item]
-    return ros_args
-
-
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="superseg-launch", description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path, default=default_config())
-    p.add_argument("--model", help="checkpoint path or 'random' (overrides the config)")
+    p.add_argument("--model", help="checkpoint path or 'random' (overrides the config's)")
     p.add_argument("--namespace", default="")
     p.add_argument("--image", help="remap the image input to this topic")
     p.add_argument("--camera-info", help="remap the camera_info input to this topic")
     p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="override one parameter, e.g. extractor.max_keypoints:=500")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def node_launch(args) -> NodeLaunch:
+    """What the launch file would start for the same arguments."""
+    return NodeLaunch(str(args.config), args.model or "", args.namespace,
+                      args.image or "image", args.camera_info or "camera_info")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    plan = node_launch(args)
+    overrides = [a for item in args.param for a in ("-p", item)]
     try:
-        given = flatten(read_parameters(args.config, NODE_NAME))
-        if args.model is not None:
-            given["model"] = args.model
+        given = flatten(read_parameters(args.config, NODE_NAME, args.namespace))
+        if plan.model:
+            given["model"] = plan.model
         node_settings(given)
     except ConfigError as exc:
         print(f"superseg-launch: error: {exc}", file=sys.stderr)
         return 2
     from .node import main as node_main  # imports rclpy: only once the config is known good
 
-    return node_main(sys.argv[:1] + ros_arguments(args))
+    return node_main(sys.argv[:1] + plan.ros_arguments() + overrides)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 import threading
 import time
 
@@ -34,7 +35,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from superseg_msgs.msg import Descriptors, Keypoints, StabilityMask
 
 from ..checkpoint import CheckpointError, open_model
-from ..config import ConfigError
+from ..config import ConfigError, read_parameters
 from ..extractor import Extractor
 from ..frame_processor import FrameProcessor
 from ..visualize import colorize_groups, draw_keypoints
@@ -43,20 +44,27 @@ from .camera_model import CameraInfoError, CameraModel
 from .image_conversion import ImageConversionError, compressed_to_array, convert_image, make_image
 from .latest_frame import LatestFrame
 from .loopback import apply_loopback_environment
-from .parameters import (NODE_NAME, flatten, node_settings, ros_builtin_parameter,
-                         runtime_changeable)
+from .parameters import (NODE_DEFAULTS, NODE_NAME, flatten, node_settings, parameter_files,
+                         ros_builtin_parameter, runtime_changeable)
 from .time_sync import ApproximateTimeSync, message_filters_available
 
 WINDOW = 100  # frames kept for latency percentiles
+# On shutdown, how long to wait for a frame in flight before abandoning it: a CPU forward pass
+# can take seconds, and ros2 launch escalates to SIGTERM 5 s after SIGINT.
+SHUTDOWN_WAIT_S = 0.5
 
 
 class SuperSegNode(Node):
-    def __init__(self, **kwargs):
+    def __init__(self, parameter_files=(), **kwargs):
+        """`parameter_files`: the --params-file paths of the command line, only to report what
+        each gave this node (rclpy has already applied them)."""
         super().__init__(NODE_NAME, automatically_declare_parameters_from_overrides=True,
                          **kwargs)
         self._stop, self._worker = threading.Event(), None
+        self.frame_abandoned = False
         given = {name: p.value for name, p in self.get_parameters_by_prefix("").items()
                  if not ros_builtin_parameter(name)}
+        self._report_parameters(parameter_files, given)
         self.settings = settings = node_settings(given)  # ConfigError names a wrong key/value
         for name, value in flatten(settings).items():
             if not self.has_parameter(name):
@@ -88,6 +96,7 @@ class SuperSegNode(Node):
         self.slot = LatestFrame()
         self.counts = collections.Counter()
         self.latency_ms = collections.deque(maxlen=WINDOW)     # header stamp -> published
+        self.node_latency_ms = collections.deque(maxlen=WINDOW)  # received here -> published
         self.processing_ms = collections.deque(maxlen=WINDOW)  # dequeued -> published
         self._logged_errors: set[str] = set()
         self._camera_cache: tuple | None = None
@@ -154,13 +163,13 @@ class SuperSegNode(Node):
                            f"{self.resolve_topic_name('camera_info')} after {timeout} s: "
                            "publishing keypoints without normalised coordinates (NaN)")
             self.counts["without_camera_info"] += 1
-            self.slot.put((msg, None))
+            self.slot.put((msg, None, now))
 
     def _on_info(self, msg):
         self._info_seen = True
 
     def _on_pair(self, image_msg, info_msg):
-        self.slot.put((image_msg, info_msg))
+        self.slot.put((image_msg, info_msg, time.monotonic()))
 
     # ------------------------------------------------------------------------------- processing
     def _work(self):
@@ -175,7 +184,8 @@ class SuperSegNode(Node):
             except Exception as exc:  # keep serving; the next good frame is processed
                 self._count_error("internal", f"dropped a frame: {type(exc).__name__}: {exc}")
 
-    def _process(self, image_msg, info_msg):
+    def _process(self, image_msg, info_msg, received: float):
+        """`received`: time.monotonic() when the input reached this node."""
         start = time.perf_counter()
         processor = self.processor  # parameter changes swap it atomically
         if isinstance(image_msg, CompressedImage):
@@ -184,6 +194,8 @@ class SuperSegNode(Node):
             image = convert_image(image_msg)
         camera = self._camera(info_msg) if info_msg is not None else None
         result = processor.process(image, camera)
+        if self._stop.is_set():  # shutdown began during the forward pass: publishers are going
+            return
         height, width = image.shape[:2]
         header, publish = image_msg.header, self.settings["publish"]
         extractor = processor.extractor
@@ -210,6 +222,7 @@ class SuperSegNode(Node):
         stamp = header.stamp.sec + header.stamp.nanosec * 1e-9
         now = self.get_clock().now().nanoseconds * 1e-9
         self.latency_ms.append((now - stamp) * 1e3)
+        self.node_latency_ms.append((time.monotonic() - received) * 1e3)
 
     def _camera(self, info_msg) -> CameraModel:
         key = (tuple(info_msg.k), tuple(info_msg.d), info_msg.distortion_model,
@@ -231,6 +244,8 @@ class SuperSegNode(Node):
         return draw_keypoints(image, points, stable, f"{self.model_name} | {title}")
 
     def _count_error(self, kind: str, message: str):
+        if self._stop.is_set():  # publishing into a node being destroyed is no frame error
+            return
         self.counts["errors"] += 1
         self.counts[f"errors_{kind}"] += 1
         self._log_once(message, message, error=True)
@@ -279,6 +294,7 @@ class SuperSegNode(Node):
             "errors_internal": self.counts["errors_internal"],
         }
         for name, window in (("latency_ms", self.latency_ms),
+                             ("node_latency_ms", self.node_latency_ms),
                              ("processing_ms", self.processing_ms)):
             if window:
                 p50, p95 = np.percentile(np.asarray(window), [50, 95])
@@ -303,11 +319,40 @@ class SuperSegNode(Node):
         self.diagnostics_pub.publish(array)
 
     def destroy_node(self):
+        """Stops the worker promptly: a frame still in the network after SHUTDOWN_WAIT_S is
+        abandoned (the daemon thread ends with the process, nothing of it is published)."""
         self._stop.set()
         if self._worker is not None:  # None when __init__ failed (rclpy still destroys us)
             self.slot.close()
-            self._worker.join(timeout=5)
+            self._worker.join(timeout=SHUTDOWN_WAIT_S)
+            self.frame_abandoned = self._worker.is_alive()
+            if self.frame_abandoned:
+                message = "shutting down: abandoned the frame in flight"
+                if self.context.ok():
+                    self.get_logger().info(message)
+                else:  # after SIGINT the context is gone, and with it logging to /rosout
+                    print(f"[{self.get_fully_qualified_name()}] {message}", file=sys.stderr)
         return super().destroy_node()
+
+    def _report_parameters(self, files, given: dict):
+        """Say what each parameter file gave this node, and warn when one gave nothing: a file
+        keyed for another name or namespace is silently ignored by ROS."""
+        name, namespace, fqn = self.get_name(), self.get_namespace(), \
+            self.get_fully_qualified_name()
+        defaults = flatten(NODE_DEFAULTS)
+        for path in files:
+            try:
+                values = flatten(read_parameters(path, name, namespace))
+            except ConfigError as exc:
+                self.get_logger().warning(f"{exc}. Its values are NOT applied.")
+                continue
+            changed = {k: v for k, v in values.items() if k not in defaults or defaults[k] != v}
+            self.get_logger().info(
+                f"parameter file {path}: {len(values)} values for {fqn}"
+                + (f", not default: {', '.join(f'{k}={v!r}' for k, v in changed.items())}"
+                   if changed else ", all default"))
+        if not files and not given:
+            self.get_logger().info(f"no parameter file or -p values for {fqn}: all defaults")
 
 
 def main(args=None) -> int:
@@ -316,7 +361,7 @@ def main(args=None) -> int:
         apply_loopback_environment()
     rclpy.init(args=args)
     try:
-        node = SuperSegNode()
+        node = SuperSegNode(parameter_files(sys.argv if args is None else args))
     except (ConfigError, CheckpointError) as exc:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
@@ -328,4 +373,14 @@ def main(args=None) -> int:
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
+    if node.frame_abandoned:
+        # The worker is still inside the network's native code, which would abort Python's
+        # finalisation (SIGABRT); nothing of that frame is published, so end here.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

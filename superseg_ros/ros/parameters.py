@@ -10,8 +10,7 @@ from typing import Any, Mapping
 
 from ..config import ConfigError, flatten, merge_config, require_choice, set_dotted
 from ..extractor import DEFAULT_EXTRACTOR_CONFIG
-
-NODE_NAME = "superseg_node"
+from .launch_plan import NODE_NAME  # noqa: F401  (re-exported)
 
 NODE_DEFAULTS = {
     "model": "",              # checkpoint path; "" = the bundled model; "random" = untrained
@@ -74,3 +73,17 @@ def ros_builtin_parameter(name: str) -> bool:
     """Parameters rclpy itself declares on every node (they vary by distribution)."""
     return name in ("use_sim_time", "start_type_description_service") or \
         name.startswith("qos_overrides.")
+
+
+def parameter_files(argv) -> list[str]:
+    """The `--params-file FILE` paths inside the `--ros-args ... [--]` sections of a command
+    line, in order (rcl applies them in this order, later values winning)."""
+    files, in_ros_args, argv = [], False, list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--ros-args":
+            in_ros_args = True
+        elif arg == "--":
+            in_ros_args = False
+        elif in_ros_args and arg == "--params-file" and i + 1 < len(argv):
+            files.append(argv[i + 1])
+    return files
