@@ -66,12 +66,5 @@ class ImageAsHeatmap(SuperSegmentation):
 def rclpy_node():
     """A node on its own initialised rclpy context (`rclpy_node.context`), loopback DDS only;
     node and context are shut down after the test."""
-    rclpy = ros_helpers.import_rclpy()
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node(f"superseg_test_{os.getpid()}", context=context)
-    try:
+    with ros_helpers.ros_node(f"superseg_test_{os.getpid()}") as node:
         yield node
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)

@@ -77,6 +77,28 @@ def python_process(args, log_path, *, cwd=None, env=None):
         stop_process(popen, grace=3.0)
 
 
+@contextmanager
+def ros_node(name: str):
+    """A node on its own initialised rclpy context (loopback DDS only); both are shut down on
+    exit from the block."""
+    rclpy = import_rclpy()
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node(name, context=context)
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def last_status(statuses, node_name: str) -> dict | None:
+    """The values of the newest DiagnosticStatus a node (fully qualified name) published."""
+    values = [{kv.key: kv.value for kv in s.values} for s in statuses
+              if s.name.startswith(f"{node_name}:")]
+    return values[-1] if values else None
+
+
 def spin_until(node, predicate, timeout: float) -> bool:
     """Spin `node` until predicate() is true or `timeout` seconds pass; return predicate()."""
     import rclpy.executors

@@ -261,20 +261,8 @@ def test_play_and_record_reject_bad_input_before_ros(image_folder, tmp_path, cap
 def test_summary_of_recorded_keypoints(tmp_path):
     """summarize_bag on a hand-made bag of superseg_msgs/Keypoints (types from the .msg files)."""
     out = tmp_path / "rec"
-    with bags.BagWriter(out) as writer:
-        writer.add_topic("/superseg/keypoints", bags.KEYPOINTS_TYPE)
-        store = writer.store
-        Keypoints = store.types[bags.KEYPOINTS_TYPE]
-        Header = store.types["std_msgs/msg/Header"]
-        Time = store.types["builtin_interfaces/msg/Time"]
-        for i, n in enumerate((10, 20, 30)):
-            stamp = START_NS + i * 100_000_000
-            f32 = np.zeros(n, np.float32)
-            msg = Keypoints(header=Header(stamp=Time(*divmod(stamp, 10**9)), frame_id="camera"),
-                            width=32, height=24, x=f32, y=f32, score=f32,
-                            class_id=np.zeros(n, np.uint8), group_id=np.zeros(n, np.uint8),
-                            stable=np.arange(n) >= 5, x_normalized=f32, y_normalized=f32)
-            writer.write("/superseg/keypoints", stamp + 5_000_000 * (i + 1), msg)
+    keypoints_bag(out, [(START_NS + i * 100_000_000, START_NS + i * 100_000_000
+                         + 5_000_000 * (i + 1), n, 5, 0) for i, n in enumerate((10, 20, 30))])
     summary = bags.summarize_bag(out)["topics"]["/superseg/keypoints"]
     assert summary["messages"] == 3 and summary["type"] == bags.KEYPOINTS_TYPE
     assert summary["keypoints_per_frame"] == {"mean": 20.0, "min": 10.0, "max": 30.0}
@@ -642,21 +630,23 @@ def test_record_finalises_bag_on_sigint(ros_node, ros_helpers, tmp_path):
     assert summary["topics"]["/test_bags/keypoints"]["messages"] == 2
 
 
-def keypoints_bag(path, stamps_and_receive_ns, group_id=0, diagnostics=None):
-    """A bag of 5-keypoint Keypoints messages (2 flagged unstable) with the given group_id."""
+def keypoints_bag(path, frames, diagnostics=None):
+    """A bag of superseg_msgs/Keypoints (types from the .msg files), one message per
+    (stamp ns, receive ns, keypoints, of them flagged unstable, group_id of all), and optionally
+    one /diagnostics message with these values."""
     with bags.BagWriter(path) as writer:
         writer.add_topic("/superseg/keypoints", bags.KEYPOINTS_TYPE)
         store = writer.store
         Keypoints = store.types[bags.KEYPOINTS_TYPE]
         Header = store.types["std_msgs/msg/Header"]
         Time = store.types["builtin_interfaces/msg/Time"]
-        f32 = np.zeros(5, np.float32)
-        for stamp, received in stamps_and_receive_ns:
+        for stamp, received, n, unstable, group_id in frames:
+            f32 = np.zeros(n, np.float32)
             msg = Keypoints(header=Header(stamp=Time(*divmod(stamp, 10**9)), frame_id="camera"),
                             width=32, height=24, x=f32, y=f32, score=f32,
-                            class_id=np.full(5, group_id, np.uint8),
-                            group_id=np.full(5, group_id, np.uint8),
-                            stable=np.arange(5) >= 2, x_normalized=f32, y_normalized=f32)
+                            class_id=np.full(n, group_id, np.uint8),
+                            group_id=np.full(n, group_id, np.uint8),
+                            stable=np.arange(n) >= unstable, x_normalized=f32, y_normalized=f32)
             writer.write("/superseg/keypoints", received, msg)
         if diagnostics is not None:
             writer.add_topic("/diagnostics", bags.DIAGNOSTICS_TYPE)
@@ -667,13 +657,13 @@ def keypoints_bag(path, stamps_and_receive_ns, group_id=0, diagnostics=None):
                                            for k, v in diagnostics.items()])
             array = types["diagnostic_msgs/msg/DiagnosticArray"](
                 header=Header(stamp=Time(0, 0), frame_id=""), status=[status])
-            writer.write("/diagnostics", stamps_and_receive_ns[-1][1], array)
+            writer.write("/diagnostics", frames[-1][1], array)
 
 
 def test_summary_says_filter_off_and_withholds_latency_of_replayed_stamps(tmp_path):
     """Outputs of a bag replayed without --restamp: stamps 40 s old, semantic filter off."""
-    old = [(START_NS + i * 10**8, START_NS + 40 * 10**9 + i * 10**8) for i in range(3)]
-    keypoints_bag(tmp_path / "replayed", old, group_id=255,
+    old = [(START_NS + i * 10**8, START_NS + 40 * 10**9 + i * 10**8, 5, 2, 255) for i in range(3)]
+    keypoints_bag(tmp_path / "replayed", old,
                   diagnostics={"node_latency_ms_p50": "85.0", "node_latency_ms_p95": "97.5"})
     summary = bags.summarize_bag(tmp_path / "replayed")
     topic = summary["topics"]["/superseg/keypoints"]
@@ -682,8 +672,8 @@ def test_summary_says_filter_off_and_withholds_latency_of_replayed_stamps(tmp_pa
     assert "40.0 s older" in topic["latency"]
     assert summary["node_latency_ms"] == {"/front/superseg_node": {"p50": 85.0, "p95": 97.5}}
 
-    live = [(START_NS + i * 10**8, START_NS + i * 10**8 + 30_000_000) for i in range(3)]
-    keypoints_bag(tmp_path / "live", live, group_id=0)
+    live = [(START_NS + i * 10**8, START_NS + i * 10**8 + 30_000_000, 5, 2, 0) for i in range(3)]
+    keypoints_bag(tmp_path / "live", live)
     topic = bags.summarize_bag(tmp_path / "live")["topics"]["/superseg/keypoints"]
     assert topic["unstable_share"] == pytest.approx(2 / 5)
     assert topic["latency_ms"]["p50"] == pytest.approx(30.0) and "latency" not in topic

@@ -85,11 +85,10 @@ def test_bag_replays_through_the_node_end_to_end(tmp_path, calibrated, capsys):
 
 
 def test_play_waits_for_a_node_that_is_still_starting(tmp_path):
-    """Node and player started together, the player with its default options: the node (still
-    importing torch and loading its model) must receive every frame."""
+    """The player (default options) starts first, the node a second later: the node, still
+    importing torch and loading its model when playback would have begun, gets every frame."""
     import time
 
-    rclpy = ros_helpers.import_rclpy()
     from diagnostic_msgs.msg import DiagnosticArray
 
     frames = tmp_path / "frames"
@@ -102,18 +101,15 @@ def test_play_waits_for_a_node_that_is_still_starting(tmp_path):
                           "--cx", "31.5", "--cy", "23.5", "-q"]) == 0
     checkpoint = save_checkpoint(SuperSegmentation(TINY), tmp_path / "tiny.pt")
 
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    probe = rclpy.create_node("replay_probe", context=context)
-    statuses = []
-    probe.create_subscription(DiagnosticArray, "/diagnostics",
-                              lambda m: statuses.extend(m.status), 10)
-    node_args = ["-m", "superseg_ros.ros.launch_cli", "--model", str(checkpoint),
-                 "--namespace", "replay", "--param", "qos.profile:=reliable"]
-    play_args = ["-m", "superseg_ros.cli.play", str(bag),
-                 "--remap", "/camera/image_raw:=/replay/image",
-                 "--remap", "/camera/camera_info:=/replay/camera_info"]
-    try:
+    with ros_helpers.ros_node("replay_probe") as probe:
+        statuses = []
+        probe.create_subscription(DiagnosticArray, "/diagnostics",
+                                  lambda m: statuses.extend(m.status), 10)
+        node_args = ["-m", "superseg_ros.ros.launch_cli", "--model", str(checkpoint),
+                     "--namespace", "replay", "--param", "qos.profile:=reliable"]
+        play_args = ["-m", "superseg_ros.cli.play", str(bag),
+                     "--remap", "/camera/image_raw:=/replay/image",
+                     "--remap", "/camera/camera_info:=/replay/camera_info"]
         # the player first: the node comes up while it already runs (as a bag played right
         # after `ros2 launch`)
         with ros_helpers.python_process(play_args, tmp_path / "play.log") as player:
@@ -124,13 +120,9 @@ def test_play_waits_for_a_node_that_is_still_starting(tmp_path):
                     ros_helpers.spin_until(probe, lambda: False, 0.2)
 
                 def received():
-                    values = [{kv.key: kv.value for kv in s.values} for s in statuses
-                              if s.name.startswith("/replay/superseg_node")]
-                    return values[-1]["frames_received"] if values else None
+                    values = ros_helpers.last_status(statuses, "/replay/superseg_node")
+                    return values and values["frames_received"]
                 ros_helpers.spin_until(probe, lambda: received() == "6", 10)
                 assert player.popen.returncode == 0, player.output()
                 assert received() == "6", f"{player.output()}\n{node.output()}"
                 assert "waiting up to 30 s for subscribers" in player.output()
-    finally:
-        probe.destroy_node()
-        rclpy.try_shutdown(context=context)

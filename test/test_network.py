@@ -115,3 +115,15 @@ def test_imagenet_weights_of_the_wrong_architecture_are_refused():
         model.load_imagenet_encoder(torchvision_resnet_state_dict((2, 2, 2, 2), False))
     with pytest.raises(ConfigError, match="needs a ResNet"):
         SuperSegmentation({"encoder": "vgg"}).load_imagenet_encoder({})
+
+
+def test_unreadable_imagenet_weights_say_what_the_file_is(tmp_path):
+    """A pickled module is refused without relaying PyTorch's advice to unpickle code."""
+    path = tmp_path / "resnet18.pth"
+    torch.save(torch.nn.Linear(2, 2), path)
+    model = SuperSegmentation({"encoder": "resnet18", "encoder_width": 8})
+    with pytest.raises(ValueError, match="pickled nn.Module") as info:
+        model.load_imagenet_encoder(str(path))
+    assert "weights_only" not in str(info.value)
+    with pytest.raises(ValueError, match="no such file"):
+        model.load_imagenet_encoder(str(tmp_path / "missing.pth"))

@@ -94,18 +94,13 @@ def camera_info(width=300, height=200):
 
 @pytest.fixture(scope="module")
 def client(node_process):
-    rclpy_ = ros_helpers.import_rclpy()
-    context = rclpy_.context.Context()
-    rclpy_.init(context=context)
-    node = rclpy_.create_node("superseg_test_client", context=context)
-    client = Client(node)
-    ready = ros_helpers.spin_until(
-        node, lambda: node.count_publishers("superseg/keypoints") > 0
-        and node.count_subscribers("image") > 0, 60)
-    assert ready, f"node did not come up:\n{node_process.output()}"
-    yield client
-    node.destroy_node()
-    rclpy_.try_shutdown(context=context)
+    with ros_helpers.ros_node("superseg_test_client") as node:
+        client = Client(node)
+        ready = ros_helpers.spin_until(
+            node, lambda: node.count_publishers("superseg/keypoints") > 0
+            and node.count_subscribers("image") > 0, 60)
+        assert ready, f"node did not come up:\n{node_process.output()}"
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -204,10 +199,7 @@ def test_compressed_images_without_camera_info_are_processed_after_the_timeout(t
             "lonely", "--param", "sync.camera_info_timeout:=0.5", "--param",
             "qos.profile:=reliable", "--param", "use_compressed:=true"]
     with ros_helpers.python_process(args, tmp_path / "node.log") as child:
-        context = rclpy.context.Context()
-        rclpy.init(context=context)
-        node = rclpy.create_node("lonely_client", context=context)
-        try:
+        with ros_helpers.ros_node("lonely_client") as node:
             pub = node.create_publisher(CompressedImage, "/lonely/image/compressed", QOS)
             got = []
             node.create_subscription(Keypoints, "/lonely/superseg/keypoints", got.append, QOS)
@@ -224,9 +216,6 @@ def test_compressed_images_without_camera_info_are_processed_after_the_timeout(t
             assert (got[0].width, got[0].height) == (96, 64) and len(got[0].x) > 0
             assert np.isnan(np.asarray(got[0].x_normalized)).all()
             assert "no CameraInfo" in child.output()
-        finally:
-            node.destroy_node()
-            rclpy.try_shutdown(context=context)
 
 
 def test_a_wrong_parameter_stops_the_node_with_a_clear_message(tmp_path, checkpoint):
@@ -299,10 +288,7 @@ def test_a_namespaced_node_applies_the_shipped_parameter_file(tmp_path, checkpoi
                                  detection_threshold=0.0, profile="reliable")
     args = ["-m", "superseg_ros.ros.launch_cli", "--config", str(config), "--namespace", "front"]
     with ros_helpers.python_process(args, tmp_path / "node.log") as child:
-        context = rclpy.context.Context()
-        rclpy.init(context=context)
-        node = rclpy.create_node("front_client", context=context)
-        try:
+        with ros_helpers.ros_node("front_client") as node:
             image_pub = node.create_publisher(Image, "/front/image", QOS)
             info_pub = node.create_publisher(CameraInfo, "/front/camera_info", QOS)
             got = []
@@ -323,9 +309,6 @@ def test_a_namespaced_node_applies_the_shipped_parameter_file(tmp_path, checkpoi
             log = child.output()
             assert f"parameter file {config}: " in log and "/front/superseg_node" in log
             assert "extractor.max_keypoints=20" in log and f"model {checkpoint.name}" in log
-        finally:
-            node.destroy_node()
-            rclpy.try_shutdown(context=context)
 
 
 def test_the_node_warns_when_a_parameter_file_is_keyed_for_another_namespace(tmp_path,
@@ -349,10 +332,7 @@ def test_sigint_abandons_a_frame_in_flight_and_exits_promptly(tmp_path):
     args = ["-m", "superseg_ros.ros.launch_cli", "--model", "random", "--namespace", "slow",
             "--param", "qos.profile:=reliable", "--param", "sync.camera_info_timeout:=0.0"]
     with ros_helpers.python_process(args, tmp_path / "node.log") as child:
-        context = rclpy.context.Context()
-        rclpy.init(context=context)
-        node = rclpy.create_node("slow_client", context=context)
-        try:
+        with ros_helpers.ros_node("slow_client") as node:
             pub = node.create_publisher(Image, "/slow/image", QOS)
             statuses = []
             node.create_subscription(DiagnosticArray, "/diagnostics",
@@ -365,13 +345,9 @@ def test_sigint_abandons_a_frame_in_flight_and_exits_promptly(tmp_path):
             pub.publish(msg)
 
             def in_flight():
-                values = [{kv.key: kv.value for kv in s.values} for s in statuses
-                          if s.name.startswith("/slow/superseg_node")]
-                return values and values[-1]["frames_received"] == "1"
+                values = ros_helpers.last_status(statuses, "/slow/superseg_node")
+                return values and values["frames_received"] == "1"
             assert ros_helpers.spin_until(node, in_flight, 60), child.output()
-        finally:
-            node.destroy_node()
-            rclpy.try_shutdown(context=context)
         started = time.monotonic()
         child.popen.send_signal(signal.SIGINT)
         child.popen.wait(timeout=60)

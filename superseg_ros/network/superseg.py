@@ -13,6 +13,8 @@ Output dict:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -107,10 +109,17 @@ class SuperSegmentation(nn.Module):
         if name not in RESNET_LAYOUTS:
             raise ConfigError(f"ImageNet initialisation needs a ResNet encoder, not '{name}'")
         if not isinstance(source, dict):
+            from ..checkpoint import describe_file  # local: checkpoint imports this module
+
+            path = Path(source)
+            if not path.is_file():
+                raise ValueError(f"cannot read ImageNet weights from {path}: no such file")
             try:
-                source = torch.load(source, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise ValueError(f"cannot read ImageNet weights from {source}: {exc}") from exc
+                source = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # never relay torch's advice to unpickle code
+                raise ValueError(f"cannot read ImageNet weights from {path}: it is "
+                                 f"{describe_file(path, exc)}; expected a torchvision ResNet "
+                                 f"state dict (.pth)") from None
         usable, missing, unexpected, mismatch = torchvision_key_report(self.encoder,
                                                                        as_state_dict(source))
         if mismatch:
