@@ -26,6 +26,9 @@ from .semantics import validate_semantics
 
 FORMAT = "superseg_ros.checkpoint"
 FORMAT_VERSION = 1
+# Checkpoints written before architecture presets existed have no `preset` in their config: they
+# are all the dilated architecture (models/superseg.pt included).
+LEGACY_PRESET = "dilated"
 # Said after what a rejected file is instead.
 CHECKPOINT_IS = ("A checkpoint is a file written by superseg-train or "
                  "superseg_ros.checkpoint.save_checkpoint: a torch.save'd dict with format "
@@ -227,7 +230,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
     """Build the network from a checkpoint's config and load its weights, strictly."""
     payload = read_checkpoint(path)
     try:
-        config = model_config(payload["model_config"])
+        config = model_config({"preset": LEGACY_PRESET, **payload["model_config"]})
         semantics = validate_semantics(payload["semantics"], config["num_classes"],
                                        source="checkpoint semantics")
     except ConfigError as exc:

@@ -15,6 +15,7 @@ def test_bundled_model_is_small_and_loads_by_default():
     assert BUNDLED.stat().st_size < 30 * 2**20
     model, name = open_model(None)
     assert name.startswith("superseg.pt")
+    assert model.config["preset"] == "dilated"  # written before presets: the old architecture
     assert model.trained_heads == {"detector": True, "descriptor": True, "semantic": False,
                                    "subpixel": True}
     # the file says how it was made: stage 1, then stage 2 twice (relabelled by its own first

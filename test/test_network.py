@@ -92,11 +92,13 @@ def torchvision_resnet_state_dict(layers, bottleneck, width=64):
     return sd
 
 
+@pytest.mark.parametrize("preset", ["dilated", "lean"])
 @pytest.mark.parametrize("name,layers,bottleneck", [("resnet18", (2, 2, 2, 2), False),
                                                     ("resnet34", (3, 4, 6, 3), False),
                                                     ("resnet50", (3, 4, 6, 3), True)])
-def test_torchvision_imagenet_state_dict_loads_by_name(tmp_path, name, layers, bottleneck):
-    model = SuperSegmentation({"encoder": name})
+def test_torchvision_imagenet_state_dict_loads_by_name(tmp_path, name, layers, bottleneck,
+                                                       preset):
+    model = SuperSegmentation({"preset": preset, "encoder": name, "encoder_width": 64})
     state = torchvision_resnet_state_dict(layers, bottleneck)
     path = tmp_path / f"{name}-imagenet.pth"
     torch.save(state, path)
@@ -104,9 +106,13 @@ def test_torchvision_imagenet_state_dict_loads_by_name(tmp_path, name, layers, b
     assert report == {"missing": [], "unexpected": ["fc.bias", "fc.weight"]}
     assert torch.equal(model.encoder.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
     assert torch.equal(model.encoder.bn1.running_var, state["bn1.running_var"])
-    # DeepLab-style dilation instead of stride: still stride 8 with the ImageNet weights
-    assert model.encoder.layer4[0].conv1.stride == (1, 1) if not bottleneck else \
-        model.encoder.layer4[0].conv2.stride == (1, 1)
+    # dilated: DeepLab-style dilation instead of stride, still stride 8 with the ImageNet
+    # weights; lean: torchvision's own strides (the neck brings them back to stride 8)
+    conv = model.encoder.layer4[0].conv2 if bottleneck else model.encoder.layer4[0].conv1
+    assert conv.stride == ((1, 1) if preset == "dilated" else (2, 2))
+    with torch.inference_mode():
+        out = model.eval()(torch.rand(1, 3, 64, 96))
+    assert out["descriptors"].shape[-2:] == (8, 12) and out["segmentation"].shape[-2:] == (16, 24)
 
 
 def test_imagenet_weights_of_the_wrong_architecture_are_refused():
@@ -127,3 +133,88 @@ def test_unreadable_imagenet_weights_say_what_the_file_is(tmp_path):
     assert "weights_only" not in str(info.value)
     with pytest.raises(ValueError, match="no such file"):
         model.load_imagenet_encoder(str(tmp_path / "missing.pth"))
+
+
+# --- architecture presets ----------------------------------------------------------------------
+
+TINY_LEAN = {"encoder_width": 8, "neck_channels": 16, "head_channels": 16, "descriptor_dim": 32,
+             "aspp_channels": 16, "low_level_channels": 8, "decoder_channels": 16}
+
+
+def test_the_default_architecture_is_the_lean_preset():
+    model = SuperSegmentation()
+    conf = model.config
+    assert conf["preset"] == "lean" and not conf["encoder_dilation"] and conf["separable"]
+    assert (conf["aspp_stride"], conf["decoder_stride"]) == (16, 8)
+    dilated = SuperSegmentation({"preset": "dilated", "encoder_width": 32, "head_channels": 128,
+                                 "aspp_channels": 128, "decoder_channels": 128})
+
+    def multiply_adds(m):  # conv multiply-adds per output pixel of a 480x640 input
+        total, x = 0, torch.rand(1, 3, 480, 640)
+
+        def count(module, _, out):
+            nonlocal total
+            k = module.weight[0].numel()  # cin/groups * kh * kw
+            total += out.numel() * k
+        hooks = [c.register_forward_hook(count) for c in m.modules()
+                 if isinstance(c, torch.nn.Conv2d)]
+        with torch.inference_mode():
+            m.eval()(x)
+        for h in hooks:
+            h.remove()
+        return total
+    # the point of the preset: far fewer multiply-adds than the old architecture (~5x here)
+    assert multiply_adds(model) * 4 < multiply_adds(dilated)
+
+
+@pytest.mark.parametrize("height,width", [(104, 136), (72, 200)])
+def test_lean_outputs_keep_the_contract_at_odd_cell_counts(height, width):
+    """13x17 and 9x25 cells: the neck's stride-16/32 maps are ceil-sized and resized back."""
+    model = SuperSegmentation(TINY_LEAN).eval()
+    with torch.inference_mode():
+        out = model(torch.rand(2, 3, height, width))
+    assert out["logits"].shape == (2, 65, height // 8, width // 8)
+    assert out["descriptors"].shape == (2, 32, height // 8, width // 8)
+    assert out["segmentation"].shape == (2, 19, height // 4, width // 4)
+    assert out["offsets"].shape == (2, 2, height, width) and out["heatmap"].shape == (2, height,
+                                                                                      width)
+
+
+def test_a_checkpoint_from_before_presets_loads_as_the_dilated_architecture(tmp_path):
+    """Old files have no `preset` in their config: they must build the dilated network they
+    were trained as, not the new default."""
+    from superseg_ros.checkpoint import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    old = SuperSegmentation({"preset": "dilated", "encoder_width": 8, "head_channels": 16,
+                             "descriptor_dim": 32, "aspp_channels": 16,
+                             "decoder_channels": 16}).eval()
+    path = save_checkpoint(old, tmp_path / "old.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["model_config"]["preset"]
+    for key in ("encoder_dilation", "neck_channels", "aspp_stride", "decoder_stride",
+                "separable"):  # keys that did not exist then
+        del payload["model_config"][key]
+    torch.save(payload, path)
+    loaded = load_model(path)
+    assert loaded.config["preset"] == "dilated" and loaded.config["encoder_dilation"]
+    x = torch.rand(1, 3, 64, 80)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x)["descriptors"], old(x)["descriptors"])
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"encoder": "vgg", "encoder_dilation": False}, "needs a ResNet"),
+    ({"preset": "lean", "neck_channels": 0}, "neck_channels > 0"),
+    ({"preset": "dilated", "aspp_stride": 16}, "need encoder_dilation false"),
+    ({"preset": "fast"}, "model.preset must be one of"),
+])
+def test_inconsistent_architectures_are_refused(config, message):
+    with pytest.raises(ConfigError, match=message):
+        SuperSegmentation(config)
+
+
+def test_other_encoders_take_the_lean_heads_without_the_resnet_neck():
+    model = SuperSegmentation({"encoder": "mobilenet", "encoder_width": 8})
+    assert model.config["encoder_dilation"] and model.config["neck_channels"] == 0
+    assert model.config["separable"]  # the lean ASPP and decoder still apply

@@ -330,3 +330,20 @@ def test_detection_metrics_by_hand():
     assert sorted(errors.tolist()) == [0.5, 1.0]
     # ranked: TP (p=1, r=.5), FP, TP (p=2/3, r=1) -> AP = .5*1 + .5*2/3
     assert average_precision(scores, correct, 2) == pytest.approx(0.5 + 1 / 3)
+
+
+def test_a_wall_clock_budget_stops_the_run_with_a_model_and_a_validation(tmp_path):
+    """schedule.minutes: the step that passes the budget is the last; the run still ends with
+    its checkpoint, model.pt and final validation (here the budget is gone after one step)."""
+    conf = magicpoint_config(tmp_path, schedule={"iterations": 50, "decay": "constant",
+                                                 "minutes": 1e-6})
+    trainer = Trainer(conf, progress=False)
+    model_path = trainer.run()
+    assert trainer.step == 1 and model_path.is_file()
+    records = [json.loads(line) for line in (tmp_path / "mp" / "metrics.jsonl").read_text()
+               .splitlines()]
+    assert records[-1]["kind"] == "validation"
+    assert torch.load(tmp_path / "mp" / "checkpoints" / "last.pt",
+                      weights_only=True)["training_state"]["step"] == 1
+    with pytest.raises(ConfigError, match="schedule.minutes"):
+        magicpoint_config(tmp_path, schedule={"minutes": -1.0})

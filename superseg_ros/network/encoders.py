@@ -4,8 +4,10 @@ Every encoder returns `(features, low_level)`: features at stride 8 (`out_channe
 map (`low_level_channels`) for the segmentation decoder's skip connection.
 
 The ResNets use torchvision's module names (conv1, bn1, layer1.0.conv1, ..., downsample.0/1), so an
-ImageNet `state_dict` saved from torchvision loads by name. Instead of striding, layer3 and layer4
-dilate (rates 2 and 4) as in DeepLab, which keeps stride 8 with the same weights.
+ImageNet `state_dict` saved from torchvision loads by name. Dilated (the `dilated` preset): instead
+of striding, layer3 and layer4 dilate (rates 2 and 4) as in DeepLab, which keeps stride 8 with the
+same weights but runs the two widest layers on 16x and 64x more positions. Not dilated (the `lean`
+preset): torchvision's strides, and `pyramid()` returns every stage for a neck to merge.
 """
 
 from __future__ import annotations
@@ -73,9 +75,11 @@ RESNET_LAYOUTS = {
 
 
 class ResNetEncoder(nn.Module):
-    """torchvision ResNet with replace_stride_with_dilation=[False, True, True], no fc."""
+    """torchvision ResNet without fc; `dilate`: replace_stride_with_dilation=[False, True, True]
+    (output stride 8), else the standard strides (layer3 at 16, layer4 at 32)."""
 
-    def __init__(self, name: str = "resnet18", input_channels: int = 3, width: int = 64):
+    def __init__(self, name: str = "resnet18", input_channels: int = 3, width: int = 64,
+                 dilate: bool = True):
         super().__init__()
         block, layers = RESNET_LAYOUTS[name]
         self.inplanes, self.dilation = width, 1
@@ -85,10 +89,12 @@ class ResNetEncoder(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.layer1 = self._make_layer(block, width, layers[0])
         self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2, dilate=True)
-        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2, dilate=True)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2, dilate=dilate)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2, dilate=dilate)
         self.low_level_channels = width * block.expansion
         self.out_channels = width * 8 * block.expansion
+        # channels of pyramid()'s maps at strides 4, 8, 16, 32
+        self.pyramid_channels = tuple(width * m * block.expansion for m in (1, 2, 4, 8))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -114,6 +120,13 @@ class ResNetEncoder(nn.Module):
         low_level = self.layer1(x)
         x = self.layer4(self.layer3(self.layer2(low_level)))
         return x, low_level
+
+    def pyramid(self, x) -> tuple:
+        """(stride 4, 8, 16, 32) maps of the non-dilated encoder (B, pyramid_channels[i], ...)."""
+        c4 = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        c8 = self.layer2(c4)
+        c16 = self.layer3(c8)
+        return c4, c8, c16, self.layer4(c16)
 
 
 # -------------------------------------------------------------------------------- SuperPoint VGG
@@ -191,10 +204,11 @@ ENCODERS = ("resnet18", "resnet34", "resnet50", "vgg", "mobilenet")
 DEFAULT_WIDTH = {"resnet18": 64, "resnet34": 64, "resnet50": 64, "vgg": 64, "mobilenet": 32}
 
 
-def build_encoder(name: str, input_channels: int, width: int | None) -> nn.Module:
+def build_encoder(name: str, input_channels: int, width: int | None,
+                  dilate: bool = True) -> nn.Module:
     width = DEFAULT_WIDTH[name] if width is None else int(width)
     if name in RESNET_LAYOUTS:
-        return ResNetEncoder(name, input_channels, width)
+        return ResNetEncoder(name, input_channels, width, dilate)
     if name == "vgg":
         return VGGEncoder(input_channels, width)
     return MobileNetEncoder(input_channels, width)

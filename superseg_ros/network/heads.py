@@ -1,4 +1,5 @@
-"""The four heads on the shared stride-8 features."""
+"""The four heads on the shared stride-8 features, and the neck that makes those features from a
+non-dilated encoder's pyramid (the `lean` preset)."""
 
 from __future__ import annotations
 
@@ -54,13 +55,51 @@ class SubpixelHead(nn.Module):
         return torch.tanh(F.pixel_shuffle(self.out(self.body(features)), CELL)) * self.max_offset
 
 
+def separable_conv_bn_relu(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
+    """DeepLab-v3+'s depthwise-separable 3x3: a depthwise (atrous) 3x3 then a pointwise 1x1, each
+    with BatchNorm and ReLU; about 9x fewer multiply-adds than a dense 3x3 at equal widths."""
+    return nn.Sequential(conv_bn_relu(cin, cin, 3, dilation=dilation, groups=cin),
+                         conv_bn_relu(cin, cout, 1))
+
+
+def conv3x3(cin: int, cout: int, dilation: int = 1, separable: bool = False) -> nn.Sequential:
+    return separable_conv_bn_relu(cin, cout, dilation) if separable else \
+        conv_bn_relu(cin, cout, 3, dilation=dilation)
+
+
+class StrideEightNeck(nn.Module):
+    """FPN-style top-down merge of a non-dilated encoder's strides 8, 16 and 32 into stride-8
+    features (for the keypoint heads and the decoder) and stride-16 features (for the ASPP).
+
+    Shapes: c8 (B, C8, H/8, W/8), c16 (B, C16, H/16, ...), c32 (B, C32, H/32, ...) ->
+    (B, channels, H/8, W/8), (B, channels, ceil(H/16), ceil(W/16)).
+    """
+
+    def __init__(self, in_channels: tuple[int, int, int], channels: int):
+        super().__init__()
+        self.lateral = nn.ModuleList([conv_bn_relu(c, channels, 1) for c in in_channels])
+        self.smooth8 = separable_conv_bn_relu(channels, channels)
+        self.smooth16 = separable_conv_bn_relu(channels, channels)
+
+    def forward(self, c8, c16, c32):
+        p32 = self.lateral[2](c32)
+        p16 = self.lateral[1](c16) + _resize(p32, c16)
+        p8 = self.lateral[0](c8) + _resize(p16, c8)
+        return self.smooth8(p8), self.smooth16(p16)
+
+
+def _resize(x, like):
+    """Bilinear to `like`'s size (odd sizes: a stride-16 map is ceil(H/16) high, not H/16)."""
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: 1x1, three dilated 3x3 and an image-pooling branch."""
 
-    def __init__(self, cin: int, channels: int, rates):
+    def __init__(self, cin: int, channels: int, rates, separable: bool = False):
         super().__init__()
         self.branches = nn.ModuleList(
-            [conv_bn_relu(cin, channels, 1)] + [conv_bn_relu(cin, channels, 3, dilation=r)
+            [conv_bn_relu(cin, channels, 1)] + [conv3x3(cin, channels, r, separable)
                                                 for r in rates])
         # no BatchNorm on the pooled 1x1 map: it would fail on a training batch of one image
         self.pooling = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, channels, 1),
@@ -74,20 +113,31 @@ class ASPP(nn.Module):
 
 
 class SemanticHead(nn.Module):
-    """DeepLab-v3+ style: ASPP on stride-8 features, decoder with a stride-4 skip, M logits."""
+    """DeepLab-v3+ style: ASPP on the encoder's features, a decoder joined by a skip connection,
+    M logits, returned at stride 4 whatever the decoder's stride (`decoder_stride` 8 is upsampled
+    x2 at the end: 19 channels instead of the decoder's width).
+
+    The `dilated` preset: ASPP on stride-8 features, decoder at stride 4, dense 3x3 convolutions.
+    The `lean` preset: ASPP at stride 16, decoder at stride 8, depthwise-separable convolutions.
+    """
 
     def __init__(self, cin: int, low_level_cin: int, num_classes: int, aspp_channels: int,
-                 rates, low_level_channels: int, decoder_channels: int):
+                 rates, low_level_channels: int, decoder_channels: int,
+                 separable: bool = False, decoder_stride: int = 4):
         super().__init__()
-        self.aspp = ASPP(cin, aspp_channels, rates)
+        self.upsample = decoder_stride // 4  # to stride 4
+        self.aspp = ASPP(cin, aspp_channels, rates, separable)
         self.reduce = conv_bn_relu(low_level_cin, low_level_channels, 1)
         self.decoder = nn.Sequential(
-            conv_bn_relu(aspp_channels + low_level_channels, decoder_channels),
-            conv_bn_relu(decoder_channels, decoder_channels))
+            conv3x3(aspp_channels + low_level_channels, decoder_channels, separable=separable),
+            conv3x3(decoder_channels, decoder_channels, separable=separable))
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
 
     def forward(self, features, low_level):
         low_level = self.reduce(low_level)
-        x = F.interpolate(self.aspp(features), size=low_level.shape[-2:], mode="bilinear",
-                          align_corners=False)
-        return self.classifier(self.decoder(torch.cat([x, low_level], dim=1)))
+        x = _resize(self.aspp(features), low_level)
+        logits = self.classifier(self.decoder(torch.cat([x, low_level], dim=1)))
+        if self.upsample > 1:
+            logits = F.interpolate(logits, scale_factor=self.upsample, mode="bilinear",
+                                   align_corners=False)
+        return logits

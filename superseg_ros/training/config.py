@@ -42,6 +42,7 @@ DEFAULT_CONFIG = {
         "warmup": 0,              # linear warm-up steps
         "decay": "constant",      # constant | cosine (to min_lr_ratio * lr at the last step)
         "min_lr_ratio": 0.01,
+        "minutes": 0.0,           # wall-clock budget: stop after the step that passes it (0 = none)
     },
     "batch_size": 16,             # items per step and per process (torchrun: per GPU)
     "accumulate": 1,              # micro-batches of batch_size per optimiser step
@@ -64,6 +65,7 @@ DEFAULT_CONFIG = {
 # Keys that may change when a run is resumed: they do not change what is learned.
 RESUMABLE_CHANGES = ("output", "device", "threads", "num_workers", "log_every", "image_every",
                      "checkpoint_every", "validate_every", "tensorboard", "schedule.iterations",
+                     "schedule.minutes",
                      "distributed.backend", "distributed.timeout_minutes")
 
 
@@ -77,6 +79,8 @@ def training_config(raw: dict | None, name: str = "experiment") -> dict:
             raise ConfigError(f"{key} must be >= 1, got {conf[key]}")
     sched = conf["schedule"]
     require_choice(sched["decay"], ("constant", "cosine"), "schedule.decay")
+    if sched["minutes"] < 0:
+        raise ConfigError(f"schedule.minutes must be >= 0, got {sched['minutes']}")
     if sched["iterations"] < 1 or sched["warmup"] < 0:
         raise ConfigError("schedule.iterations must be >= 1 and schedule.warmup >= 0")
     for key in ("log_every", "image_every", "checkpoint_every"):

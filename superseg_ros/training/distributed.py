@@ -102,6 +102,15 @@ def all_reduce_mean(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
     return tensor
 
 
+def broadcast_flag(ctx: Context, flag: bool) -> bool:
+    """Rank 0's `flag` on every process (so they all leave a loop at the same step)."""
+    if not ctx.enabled:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def step_items(step: int, micro: int, batch: int, ctx: Context, accumulate: int) -> range:
     """The items micro-batch `micro` of process ctx.rank reads at optimiser step `step`."""
     per_step = batch * ctx.world * accumulate

@@ -396,6 +396,14 @@ class Trainer:
             self.save(self.output / "checkpoints" / "best.pt", with_state=False)
         return metrics
 
+    def out_of_time(self) -> bool:
+        """schedule.minutes of wall time (data, steps, validation, checkpoints) are used up;
+        every process decides alike (rank 0's clock), so torchrun ranks stop together."""
+        minutes = self.config["schedule"]["minutes"]
+        if not minutes:
+            return False
+        return distributed.broadcast_flag(self.ctx, self.elapsed >= minutes * 60)
+
     def run(self) -> Path:
         conf = self.config
         total = conf["schedule"]["iterations"]
@@ -430,11 +438,17 @@ class Trainer:
                 if self.main:
                     bar.write(f"step {self.step}: " + _format(self.validate()))
                 distributed.barrier(self.ctx)
-            if self.step % conf["checkpoint_every"] == 0 or self.step == total:
+            out_of_time = self.out_of_time()
+            if self.step % conf["checkpoint_every"] == 0 or self.step == total or out_of_time:
                 self.sync_buffers()
                 if self.main:
                     self.save(self.last_path)
                 distributed.barrier(self.ctx)
+            if out_of_time:
+                if self.main:
+                    bar.write(f"{conf['name']}: wall-clock budget of "
+                              f"{conf['schedule']['minutes']:g} min reached at step {self.step}")
+                break
         bar.close()
         self.sync_buffers()
         model_path = self.output / "model.pt"
