@@ -1,272 +1,334 @@
-"""superseg-bench: median latency of the extractor's stages per backbone and input resolution.
+"""superseg-bench: end-to-end speed of the models users run, per architecture, backend and size.
 
-For every (backbone, resolution) a fresh worker process (`python -m superseg_ros.cli.bench
---worker ...`) builds a randomly initialised network, runs the Extractor on a deterministic
-synthetic scene and prints one JSON line: median milliseconds of preprocess, network and
-postprocess, the number of keypoints returned and the peak memory of that process. One process
-per configuration keeps peak memory honest (ru_maxrss never goes down) and lets a configuration
-that runs out of memory fail alone.
+Rows, all in one process and one run so that their ratios hold:
+    reference  the old shipped architecture (`dilated`, the bundled models/superseg.pt) in torch
+               eager, the row every speed-up is measured against (same size)
+    lean       the default architecture (`SuperSegmentation()`), random weights unless --model is
+               a lean checkpoint, in every requested backend
+    --model    in every requested backend, when it is neither of the above
+
+Each row times the Extractor's three steps on one synthetic scene (demo.render_scene):
+preprocess, network and post-processing; end-to-end frames per second = 1000 / median of the
+per-run sums. The runs are interleaved (see `schedule`): every repeat runs each (row, size)
+once, in an order that rotates by one per repeat, so a slow spell of a busy machine slows every
+row alike. No peak memory: in one process it cannot be attributed to a row.
+
+A backend the extractor cannot build (unknown, or its runtime is not installed) is a skipped row
+with the reason; the bench goes on.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.metadata
 import json
 import os
+import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from ..network.encoders import ENCODERS
-
-DEFAULT_RESOLUTIONS = "240x320,480x640,512x1024"
-MAX_KEYPOINTS = 1000
-# Semantic masking forced on (the random semantic head is "untrained") and every keypoint kept,
-# so postprocess does all of its work: NMS, masks, top-K, sub-pixel, descriptor sampling.
-EXTRACTOR_CONFIG = {"semantic_filter": "on", "force_semantic": True, "keep_unstable": True,
-                    "detection_threshold": 0.0, "max_keypoints": MAX_KEYPOINTS}
+BACKENDS = ("torch", "onnxruntime", "openvino", "auto")
+DEFAULT_BACKENDS = ["torch", "onnxruntime"]
+DEFAULT_SIZES = ["480x640", "240x320"]
 STAGES = ("preprocess", "network", "postprocess")
-CPU_WAIT_WARNING = 5  # percent; above this the machine was busy with other work
+RANDOM_WEIGHTS = "random weights (timing only)"
+# Every head runs in every row (the semantic filter forced on, as with a model whose semantic
+# head is trained), so the architectures are compared on the same work.
+EXTRACTOR_CONFIG = {"semantic_filter": "on", "force_semantic": True}
+RUNTIMES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",),
+            "auto": ("onnxruntime", "openvino")}
 
 
 # ----------------------------------------------------------------------------------- arguments
 def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="superseg-bench", description=__doc__.split("\n")[0])
-    p.add_argument("--backbones", default=",".join(ENCODERS),
-                   help=f"comma list of encoders (default: all: {','.join(ENCODERS)})")
-    p.add_argument("--resolutions", default=DEFAULT_RESOLUTIONS,
-                   help=f"comma list of HEIGHTxWIDTH (default: {DEFAULT_RESOLUTIONS})")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per configuration")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs before the timed ones")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (default: torch's default)")
-    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    p.add_argument("--markdown", type=Path, help="also write the table to this Markdown file")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", default=None, metavar="PATH|random",
+                   help="checkpoint to time (default: the bundled models/superseg.pt)")
+    p.add_argument("--backend", nargs="+", default=DEFAULT_BACKENDS, choices=BACKENDS,
+                   help=f"backends for the lean and --model rows (default: "
+                        f"{' '.join(DEFAULT_BACKENDS)}); the reference row is torch")
+    p.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, metavar="HxW",
+                   help=f"input sizes (default: {' '.join(DEFAULT_SIZES)})")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per row and size")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per row and size first")
+    p.add_argument("--max-keypoints", type=int, default=1000)
+    p.add_argument("--json", type=Path, help="also write header and rows to this JSON file")
     args = p.parse_args(argv)
 
-    args.backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
-    unknown = [b for b in args.backbones if b not in ENCODERS]
-    if unknown or not args.backbones:
-        p.error(f"unknown backbone {', '.join(map(repr, unknown)) or '(empty list)'}; "
-                f"valid: {', '.join(ENCODERS)}")
-    args.resolutions = [parse_resolution(p, r) for r in args.resolutions.split(",") if r.strip()]
-    if not args.resolutions:
-        p.error("--resolutions is empty; give e.g. 480x640")
-    if args.repeats < 1:
-        p.error(f"--repeats must be >= 1, got {args.repeats}")
-    if args.warmup < 0:
-        p.error(f"--warmup must be >= 0, got {args.warmup}")
-    if args.threads is not None and args.threads < 1:
-        p.error(f"--threads must be >= 1, got {args.threads}")
-    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
-        # Checked now so a long run does not fail at the very end.
-        if path is not None and not path.parent.is_dir():
-            p.error(f"{option}: folder {path.parent} does not exist")
-    if args.worker and (len(args.backbones) != 1 or len(args.resolutions) != 1):
-        p.error("--worker runs exactly one backbone and one resolution")
-
-    from ..config import ConfigError
-    from ..extractor import resolve_device
-    try:
-        args.device = resolve_device(args.device).type
-    except ConfigError as exc:
-        p.error(str(exc))
+    args.sizes = [parse_size(p, s) for s in args.sizes]
+    args.backend = list(dict.fromkeys(args.backend))  # each once, in the order given
+    if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
+        p.error("--repeats and --threads must be >= 1 and --warmup >= 0")
+    # checked now so a long run does not fail at the very end
+    if args.json is not None and not args.json.parent.is_dir():
+        p.error(f"--json: folder {args.json.parent} does not exist")
     return args
 
 
-def parse_resolution(parser, text: str) -> tuple[int, int]:
+def parse_size(parser, text: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match or min(int(match[1]), int(match[2])) < 1:
-        parser.error(f"resolution {text!r} is not HEIGHTxWIDTH with positive integers, "
-                     "e.g. 480x640")
+    if not match or min(int(match[1]), int(match[2])) < 8:
+        parser.error(f"size {text!r} is not HEIGHTxWIDTH with both at least 8, e.g. 480x640")
     return int(match[1]), int(match[2])
 
 
-# -------------------------------------------------------------------------------------- worker
-def cpu_wait_ns() -> int | None:
-    """Nanoseconds this process's threads spent runnable but waiting for a CPU (Linux schedstat).
+# -------------------------------------------------------------------------------------- rows
+@dataclass
+class Row:
+    """One model in one backend; `runs[size]` holds one {stage: ms} dict per timed run."""
 
-    Non-zero means other processes were competing for the cores, which inflates every timing.
-    """
-    try:
-        return sum(int((task / "schedstat").read_text().split()[1])
-                   for task in Path("/proc/self/task").iterdir())
-    except (OSError, IndexError, ValueError):
-        return None
+    architecture: str
+    weights: str
+    backend: str
+    model: object = field(repr=False)
+    reference: bool = False
+    extractor: object = field(default=None, repr=False)
+    skipped: str | None = None   # why the backend could not be built
+    failed: str | None = None    # what went wrong while running
+    runs: dict = field(default_factory=dict)
+    keypoints: dict = field(default_factory=dict)
 
 
-def run_worker(args) -> dict:
-    import resource
+def plan_rows(spec: str | None, backends: list[str]) -> list[Row]:
+    """The reference row, the lean rows and the --model rows (see the module's docstring)."""
     import torch
 
-    from ..demo import render_scene
-    from ..extractor import Extractor
+    from ..checkpoint import bundled_model_path, open_model
     from ..network import SuperSegmentation
 
-    (backbone,), ((height, width),) = args.backbones, args.resolutions
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-
-    def sync():
-        if cuda:  # CUDA kernels are asynchronous: wait for them, or we time the launch only
-            torch.cuda.synchronize(device)
-
-    def memory_mib() -> float:
-        if cuda:
-            return torch.cuda.max_memory_allocated(device) / 2**20
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
+    reference, reference_name = open_model(None)
+    rows = [Row(f"{reference.config['preset']} (reference)", f"bundled {reference_name}",
+                "torch", reference, reference=True)]
+    is_bundled = spec is None or (spec != "random" and bundled_model_path() is not None
+                                  and Path(spec).resolve() == bundled_model_path().resolve())
+    model, name = (reference, reference_name) if is_bundled else open_model(spec)
+    weights = RANDOM_WEIGHTS if spec == "random" else name
     torch.manual_seed(0)
-    extractor = Extractor(SuperSegmentation({"encoder": backbone}), EXTRACTOR_CONFIG, device)
-    image = render_scene(height, width)  # edges, corners and texture, not pure noise
-    sync()
-    baseline = memory_mib()  # Python + torch + weights, before any inference
+    lean, lean_weights = SuperSegmentation().eval(), RANDOM_WEIGHTS
+    if not is_bundled and model.config == lean.config:  # the lean default itself: time it
+        lean, lean_weights = model, weights
+    rows += [Row(lean.config["preset"], lean_weights, b, lean) for b in backends]
+    if not is_bundled and model is not lean:
+        rows += [Row(model.config["preset"], weights, b, model) for b in backends]
+    return rows
 
-    times = {stage: [] for stage in STAGES}
+
+def extractor_config(backend: str, max_keypoints: int) -> dict:
+    from ..extractor import DEFAULT_EXTRACTOR_CONFIG
+
+    config = {**EXTRACTOR_CONFIG, "max_keypoints": max_keypoints}
+    # An extractor without backends rejects the key (ConfigError: a skipped row), except for
+    # torch, which is what such an extractor runs anyway.
+    if backend != "torch" or "backend" in DEFAULT_EXTRACTOR_CONFIG:
+        config["backend"] = backend
+    return config
+
+
+def build_extractors(rows: list[Row], max_keypoints: int) -> None:
+    from ..config import ConfigError
+    from ..extractor import Extractor
+
+    for row in rows:
+        try:
+            row.extractor = Extractor(row.model, extractor_config(row.backend, max_keypoints),
+                                      device="cpu")
+        except (ConfigError, ImportError) as exc:
+            row.skipped = f"{type(exc).__name__}: {first_line(exc)}"
+            continue
+        used = getattr(row.extractor, "backend", row.backend)  # what `auto` chose
+        if used != row.backend:
+            row.backend = f"{row.backend} ({used})"
+
+
+def scene(size: tuple[int, int]):
+    """The demo's street scene (edges, corners, texture: realistic NMS work, not noise) at
+    `size`; drawn at 240x320 or more, which render_scene needs, and shrunk for smaller sizes."""
+    import cv2
+
+    from ..demo import render_scene
+
+    height, width = size
+    image = render_scene(max(height, 240), max(width, 320))
+    if image.shape[:2] == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+# ------------------------------------------------------------------------------------- timing
+def schedule(rows: list, sizes: list, repeats: int) -> list[list[tuple]]:
+    """One round per repeat, each (row, size) once per round; round r starts r places further
+    along the same fixed order, so no row always runs first (after a pause) or last."""
+    pairs = [(row, size) for size in sizes for row in rows]
+    return [[pairs[(r + i) % len(pairs)] for i in range(len(pairs))] for r in range(repeats)]
+
+
+def time_once(extractor, image) -> tuple[dict, int]:
+    """{stage: ms} of one image through preprocess, network and post-processing; keypoints."""
+    stamps = [time.perf_counter()]
+    batch, sizes = extractor.preprocess(image)
+    stamps.append(time.perf_counter())
+    outputs = extractor.network(batch)
+    stamps.append(time.perf_counter())
+    features = extractor.postprocess(outputs, sizes)
+    stamps.append(time.perf_counter())
+    times = {stage: (t1 - t0) * 1e3 for stage, t0, t1 in zip(STAGES, stamps, stamps[1:])}
+    return times, int(features.valid.sum())
+
+
+def run_rounds(rounds, images: dict, timed: bool, progress) -> None:
+    import torch
+
     with torch.inference_mode():
-        for run in range(args.warmup + args.repeats):
-            if run == args.warmup:  # the timed runs start
-                wait_start, wall_start = cpu_wait_ns(), time.perf_counter()
-            stamps = [time.perf_counter()]
-            batch, sizes = extractor.preprocess(image)
-            sync()
-            stamps.append(time.perf_counter())
-            outputs = extractor.network(batch)
-            sync()
-            stamps.append(time.perf_counter())
-            features = extractor.postprocess(outputs, sizes)
-            sync()
-            stamps.append(time.perf_counter())
-            if run >= args.warmup:
-                for stage, t0, t1 in zip(STAGES, stamps, stamps[1:]):
-                    times[stage].append((t1 - t0) * 1000)
-            del batch, outputs  # so peak memory is one run's worth, not two overlapping
-    sync()
-    wall, wait_end = time.perf_counter() - wall_start, cpu_wait_ns()
-    cpu_wait = (None if wait_start is None or wait_end is None or cuda
-                else 100 * (wait_end - wait_start) / 1e9 / (wall * torch.get_num_threads()))
+        for pairs in rounds:
+            for row, size in pairs:
+                progress.update()
+                if row.failed:
+                    continue
+                try:
+                    times, keypoints = time_once(row.extractor, images[size])
+                except Exception as exc:  # one broken backend must not end the whole bench
+                    row.failed = f"{type(exc).__name__}: {first_line(exc)}"
+                    continue
+                if timed:
+                    row.runs.setdefault(size, []).append(times)
+                    row.keypoints[size] = keypoints
 
-    median = {stage: statistics.median(values) for stage, values in times.items()}
+
+# ------------------------------------------------------------------------------------ results
+def summarise(rows: list[Row], sizes: list) -> list[dict]:
+    """One dict per (row, size), in table order; speed-up against the reference of that size."""
+    results = []
+    for size in sizes:
+        for row in rows:
+            result = {"architecture": row.architecture, "weights": row.weights,
+                      "backend": row.backend, "reference": row.reference, "size": list(size)}
+            if row.skipped or row.failed:
+                results.append({**result, "status": "skipped" if row.skipped else "failed",
+                                "reason": row.skipped or row.failed})
+                continue
+            runs = row.runs[size]
+            total = statistics.median(sum(run.values()) for run in runs)
+            results.append({
+                **result, "status": "ok",
+                **{f"{s}_ms": round(statistics.median(r[s] for r in runs), 2) for s in STAGES},
+                "total_ms": round(total, 2), "fps": round(1000 / total, 2),
+                "keypoints": row.keypoints[size],
+                "times_ms": {s: [round(r[s], 2) for r in runs] for s in STAGES}})
+    for result in results:
+        ref = next(r for r in results if r["reference"] and r["size"] == result["size"])
+        result["speedup"] = (round(ref["total_ms"] / result["total_ms"], 2)
+                             if result["status"] == ref["status"] == "ok" else None)
+    return results
+
+
+def runtime_versions(backends: list[str]) -> dict:
+    versions = {}
+    for package in sorted({p for b in backends for p in RUNTIMES.get(b, ())}):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_header(args, load_before: float) -> dict:
+    import torch
+
     return {
-        "backbone": backbone, "resolution": [height, width], "device": device.type,
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        **{f"{stage}_ms": round(median[stage], 3) for stage in STAGES},
-        "post_over_network_pct": round(100 * median["postprocess"] / median["network"], 2),
-        "keypoints": int(features.valid.sum()),
-        "memory": "CUDA max allocated" if cuda else "peak RSS",
-        "baseline_mib": round(baseline, 1), "peak_mib": round(memory_mib(), 1),
-        "cpu_wait_pct": None if cpu_wait is None else round(cpu_wait, 2),
-        "times_ms": {stage: [round(t, 3) for t in values] for stage, values in times.items()},
+        "tool": "superseg-bench",
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu_name(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, **runtime_versions(args.backend),
+        "repeats": args.repeats, "warmup": args.warmup, "max_keypoints": args.max_keypoints,
+        "extractor_config": EXTRACTOR_CONFIG,
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "note": "CPU numbers of this machine only; one image per batch; medians of interleaved "
+                "runs; no peak memory (all rows share one process)",
     }
 
 
-def spawn_worker(args, backbone: str, resolution: tuple[int, int]) -> dict:
-    command = [sys.executable, "-m", "superseg_ros.cli.bench", "--worker",
-               "--backbones", backbone, "--resolutions", "{}x{}".format(*resolution),
-               "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-               "--device", args.device]
-    if args.threads is not None:
-        command += ["--threads", str(args.threads)]
-    row = {"backbone": backbone, "resolution": list(resolution)}
-    proc = subprocess.run(command, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if lines:  # a result, or the error the worker caught
-        return {**row, **json.loads(lines[-1])}
-    if proc.returncode < 0:  # e.g. SIGKILL from the kernel's OOM killer
-        error = f"killed by signal {-proc.returncode}" + (" (out of memory?)"
-                                                          if proc.returncode == -9 else "")
-    else:
-        tail = [line for line in proc.stderr.splitlines() if line.strip()]
-        error = tail[-1].strip() if tail else f"worker exited with code {proc.returncode}"
-    return {**row, "error": error}
-
-
-# --------------------------------------------------------------------------------------- table
-def render(meta: dict, rows: list[dict]) -> str:
-    memory = "CUDA max allocated" if meta["device"] == "cuda" else "peak RSS"
+def render(header: dict, results: list[dict]) -> str:
+    runtimes = "".join(f", {p} {header[p]}" for p in ("onnxruntime", "openvino") if p in header)
     lines = [
         "# superseg-bench",
         "",
-        "RANDOMLY INITIALISED networks (no trained model exists yet): the timings are real, "
-        "the keypoints are not meaningful.",
-        f"torch {meta['torch']}, device {meta['device']}, {meta['threads']} threads; one image per "
-        f"batch; median of {meta['repeats']} runs after {meta['warmup']} warm-up; "
-        f"max_keypoints {MAX_KEYPOINTS}, semantic masking forced on. 1-min load average "
-        "{} before, {} after, on {} CPUs.".format(*meta["loadavg_1min"], meta["cpus"]),
+        f"{header['date']}: {header['cpu']}, {header['cpus']} CPUs, {header['torch_threads']} "
+        f"torch threads, torch {header['torch']}{runtimes}. CPU numbers of this machine only.",
+        f"Median of {header['repeats']} interleaved runs after {header['warmup']} warm-up; one "
+        f"image; max {header['max_keypoints']} keypoints; all four heads run (semantic filter "
+        "forced on). fps = 1000 / median(preprocess + network + post-processing); speed-up = "
+        "the reference row's median over this row's, same size. 1-min load average "
+        "{} before, {} after.".format(*header["load_average_1min"]),
         "",
-        f"| backbone | H x W | preprocess ms | network ms | postprocess ms | post/network "
-        f"| keypoints | after build MiB | {memory} MiB | CPU wait |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| architecture | weights | backend | H x W | preprocess ms | network ms "
+        "| post-processing ms | keypoints | end-to-end fps | speed-up |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|",
     ]
-    for r in rows:
-        head = f"| {r['backbone']} | {r['resolution'][0]}x{r['resolution'][1]} |"
-        if "error" in r:
-            lines.append(f"{head} FAILED: {r['error'].replace('|', '/')} ||||||||")
+    for r in results:
+        head = (f"| {r['architecture']} | {r['weights']} | {r['backend']} "
+                f"| {r['size'][0]}x{r['size'][1]} |")
+        if r["status"] != "ok":
+            lines.append(f"{head} {r['status']}: {r['reason'].replace('|', '/')} |||||")
             continue
-        lines.append(
-            f"{head} {r['preprocess_ms']:.1f} | {r['network_ms']:.1f} | {r['postprocess_ms']:.1f} "
-            f"| {r['post_over_network_pct']:.1f} % | {r['keypoints']} | {r['baseline_mib']:.0f} "
-            f"| {r['peak_mib']:.0f} (+{r['peak_mib'] - r['baseline_mib']:.0f}) "
-            f"| {'-' if r['cpu_wait_pct'] is None else format(r['cpu_wait_pct'], '.1f') + ' %'} |")
-    lines += ["", f"Memory is measured in a fresh process per row. 'after build' = {memory} right "
-              "after imports and model construction (on the CPU it includes the Python/torch "
-              "runtime); the last column is the peak over the whole run, with the increase over "
-              "'after build' in brackets.",
-              "CPU wait = time the worker's threads were ready to run but had no free core "
-              "(Linux schedstat), as a share of threads x wall time of the timed runs."]
-    if any((r.get("cpu_wait_pct") or 0) > CPU_WAIT_WARNING for r in rows):
-        lines.append(f"Rows with CPU wait above {CPU_WAIT_WARNING} % ran while other processes "
-                     "competed for the CPU: their times are inflated; rerun them on an idle "
-                     "machine.")
-    if any(r.get("keypoints", MAX_KEYPOINTS) < MAX_KEYPOINTS for r in rows):
-        lines.append(f"Rows with fewer than {MAX_KEYPOINTS} keypoints: the random heatmap has "
-                     "fewer NMS peaks than max_keypoints at that size (all of them are returned).")
+        lines.append(f"{head} {r['preprocess_ms']:.1f} | {r['network_ms']:.1f} "
+                     f"| {r['postprocess_ms']:.1f} | {r['keypoints']} | {r['fps']:.2f} "
+                     f"| {'-' if r['speedup'] is None else format(r['speedup'], '.2f') + 'x'} |")
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.worker:
-        try:
-            result, code = run_worker(args), 0
-        except Exception as exc:  # reported as a row of the table; the bench goes on
-            message = str(exc).strip().splitlines()
-            result, code = {"error": f"{type(exc).__name__}: {message[0] if message else ''}"}, 1
-        print(json.dumps(result), flush=True)
-        return code
-
     import torch
-    configs = [(b, r) for b in args.backbones for r in args.resolutions]
-    load_before = os.getloadavg()[0]  # other busy processes make every timing slower
-    rows = []
-    progress = tqdm(configs, desc="superseg-bench", unit="config", file=sys.stderr)
-    for backbone, resolution in progress:
-        progress.set_postfix_str("{} {}x{}".format(backbone, *resolution))
-        rows.append(spawn_worker(args, backbone, resolution))
-    progress.close()
 
-    done = [r for r in rows if "error" not in r]
-    meta = {"torch": torch.__version__, "device": args.device, "repeats": args.repeats,
-            "warmup": args.warmup, "max_keypoints": MAX_KEYPOINTS, "random_weights": True,
-            "threads": done[0]["threads"] if done else (args.threads or torch.get_num_threads()),
-            "extractor_config": EXTRACTOR_CONFIG, "cpus": os.cpu_count(),
-            "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
-    table = render(meta, rows)
-    print(table, end="")
-    if args.markdown:
-        args.markdown.write_text(table)
+    from ..checkpoint import CheckpointError
+    from ..config import ConfigError
+    torch.set_num_threads(args.threads)  # once, for every row: they share this process
+    try:
+        rows = plan_rows(args.model, args.backend)
+    except (CheckpointError, ConfigError) as exc:
+        print(f"superseg-bench: error: {exc}", file=sys.stderr)
+        return 2
+    build_extractors(rows, args.max_keypoints)
+    running = [row for row in rows if not row.skipped]
+    images = {size: scene(size) for size in args.sizes}
+
+    load_before = os.getloadavg()[0]  # other busy processes make every timing slower
+    rounds = schedule(running, args.sizes, args.warmup + args.repeats)
+    with tqdm(total=sum(map(len, rounds)), desc="superseg-bench", unit="run",
+              file=sys.stderr) as progress:
+        run_rounds(rounds[:args.warmup], images, False, progress)
+        run_rounds(rounds[args.warmup:], images, True, progress)
+
+    header = make_header(args, load_before)
+    results = summarise(rows, args.sizes)
+    print(render(header, results), end="")
     if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    return 1 if len(done) < len(rows) else 0  # the table is complete either way
+        args.json.write_text(json.dumps({"header": header, "rows": results}, indent=2) + "\n")
+    return 1 if any(row.failed for row in rows) else 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Topics (relative names: remap them or set a namespace)
          superseg/mask            sensor_msgs/Image mono8, 255 = stable      (for RViz)
          superseg/groups          sensor_msgs/Image bgr8, colour per group   (for RViz)
          superseg/overlay         sensor_msgs/Image bgr8, green o stable, red x rejected
-         /diagnostics             latency, rate, skipped and failed frames
+         /diagnostics             latency, rate, skipped and failed frames, per-stage times
 
 Image -> FrameProcessor (resize, network, post-processing, back to input pixels) -> messages.
 Subscription callbacks only queue the newest pair; one worker thread processes it, so a slow
@@ -49,6 +49,11 @@ from .parameters import (NODE_DEFAULTS, NODE_NAME, flatten, node_settings, param
 from .time_sync import ApproximateTimeSync, message_filters_available
 
 WINDOW = 100  # frames kept for latency percentiles
+# Per-frame stages of _process, each timed in the node itself (p50/p95 in /diagnostics as
+# stage_<name>_ms_p50/_p95): convert = Image -> array (+ cached CameraInfo -> camera model),
+# inference = FrameProcessor.process (resize + extractor), messages = building every enabled
+# output, publish = the publish calls, overhead = the whole frame minus inference.
+STAGES = ("convert", "inference", "messages", "publish", "overhead")
 # On shutdown, how long to wait for a frame in flight before abandoning it: a CPU forward pass
 # can take seconds, and ros2 launch escalates to SIGTERM 5 s after SIGINT.
 SHUTDOWN_WAIT_S = 0.5
@@ -98,6 +103,7 @@ class SuperSegNode(Node):
         self.latency_ms = collections.deque(maxlen=WINDOW)     # header stamp -> published
         self.node_latency_ms = collections.deque(maxlen=WINDOW)  # received here -> published
         self.processing_ms = collections.deque(maxlen=WINDOW)  # dequeued -> published
+        self.stage_ms = {stage: collections.deque(maxlen=WINDOW) for stage in STAGES}
         self._logged_errors: set[str] = set()
         self._camera_cache: tuple | None = None
         self._info_seen, self._first_image_time = False, None
@@ -193,36 +199,60 @@ class SuperSegNode(Node):
         else:
             image = convert_image(image_msg)
         camera = self._camera(info_msg) if info_msg is not None else None
+        converted = time.perf_counter()
         result = processor.process(image, camera)
+        inferred = time.perf_counter()
         if self._stop.is_set():  # shutdown began during the forward pass: publishers are going
             return
-        height, width = image.shape[:2]
-        header, publish = image_msg.header, self.settings["publish"]
-        extractor = processor.extractor
-
-        if publish["keypoints"]:
-            self.pub["keypoints"].publish(messages.keypoints_msg(result, header, width, height))
-        if publish["descriptors"]:
-            self.pub["descriptors"].publish(messages.descriptors_msg(result, header))
-        if result.stability_mask is not None:
-            if publish["stability_mask"]:
-                self.pub["stability_mask"].publish(messages.stability_mask_msg(
-                    result, header, extractor.model.semantics["groups"],
-                    extractor.stable_ids, extractor.config["mask_threshold"]))
-            if publish["mask_image"]:
-                self.pub["mask_image"].publish(messages.mask_image(result, header))
-            if publish["group_image"]:
-                self.pub["group_image"].publish(
-                    make_image(colorize_groups(result.group_map), "bgr8", header))
-        if publish["overlay"]:
-            self.pub["overlay"].publish(make_image(self._overlay(image, result), "bgr8", header))
+        build_s, publish_s = self._publish_outputs(image, result, image_msg.header,
+                                                   processor.extractor)
 
         self.counts["processed"] += 1
-        self.processing_ms.append((time.perf_counter() - start) * 1e3)
+        end = time.perf_counter()
+        self.processing_ms.append((end - start) * 1e3)
+        stages = {"convert": converted - start, "inference": inferred - converted,
+                  "messages": build_s, "publish": publish_s,
+                  "overhead": (end - start) - (inferred - converted)}
+        for stage, seconds in stages.items():
+            self.stage_ms[stage].append(seconds * 1e3)
+        header = image_msg.header
         stamp = header.stamp.sec + header.stamp.nanosec * 1e-9
         now = self.get_clock().now().nanoseconds * 1e-9
         self.latency_ms.append((now - stamp) * 1e3)
         self.node_latency_ms.append((time.monotonic() - received) * 1e3)
+
+    def _publish_outputs(self, image, result, header, extractor) -> tuple[float, float]:
+        """Builds and publishes each enabled output in turn (keypoints first: they leave before
+        the heavier images are built). Returns the seconds spent building and publishing."""
+        build_s = publish_s = 0.0
+        for name, build in self._outputs(image, result, header, extractor):
+            t0 = time.perf_counter()
+            msg = build()
+            t1 = time.perf_counter()
+            self.pub[name].publish(msg)
+            build_s, publish_s = build_s + t1 - t0, publish_s + time.perf_counter() - t1
+        return build_s, publish_s
+
+    def _outputs(self, image, result, header, extractor):
+        """(publisher name, message builder) of every output enabled for this frame."""
+        height, width = image.shape[:2]
+        publish = self.settings["publish"]
+        if publish["keypoints"]:
+            yield "keypoints", lambda: messages.keypoints_msg(result, header, width, height)
+        if publish["descriptors"]:
+            yield "descriptors", lambda: messages.descriptors_msg(result, header)
+        if result.stability_mask is not None:
+            if publish["stability_mask"]:
+                yield "stability_mask", lambda: messages.stability_mask_msg(
+                    result, header, extractor.model.semantics["groups"],
+                    extractor.stable_ids, extractor.config["mask_threshold"])
+            if publish["mask_image"]:
+                yield "mask_image", lambda: messages.mask_image(result, header)
+            if publish["group_image"]:
+                yield "group_image", lambda: make_image(colorize_groups(result.group_map),
+                                                        "bgr8", header)
+        if publish["overlay"]:
+            yield "overlay", lambda: make_image(self._overlay(image, result), "bgr8", header)
 
     def _camera(self, info_msg) -> CameraModel:
         key = (tuple(info_msg.k), tuple(info_msg.d), info_msg.distortion_model,
@@ -293,9 +323,10 @@ class SuperSegNode(Node):
             "errors_bad_input": self.counts["errors_bad_input"],
             "errors_internal": self.counts["errors_internal"],
         }
-        for name, window in (("latency_ms", self.latency_ms),
-                             ("node_latency_ms", self.node_latency_ms),
-                             ("processing_ms", self.processing_ms)):
+        windows = [("latency_ms", self.latency_ms), ("node_latency_ms", self.node_latency_ms),
+                   ("processing_ms", self.processing_ms)]
+        windows += [(f"stage_{stage}_ms", self.stage_ms[stage]) for stage in STAGES]
+        for name, window in windows:
             if window:
                 p50, p95 = np.percentile(np.asarray(window), [50, 95])
                 values[f"{name}_p50"], values[f"{name}_p95"] = f"{p50:.1f}", f"{p95:.1f}"
