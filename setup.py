@@ -20,7 +20,10 @@ setup(
     python_requires=">=3.10",
     # torch is deliberately unpinned here: GPU users install the CUDA build they need.
     install_requires=["setuptools", "numpy", "torch", "opencv-python-headless", "pyyaml", "tqdm"],
-    extras_require={"onnx": ["onnx", "onnxruntime", "onnxscript"], "test": ["pytest"]},
+    # backends (superseg_ros.backends): onnxruntime (GPU: onnxruntime-gpu instead), openvino
+    extras_require={"onnx": ["onnx", "onnxruntime", "onnxscript"],
+                    "openvino": ["onnx", "onnxruntime", "onnxscript", "openvino"],
+                    "test": ["pytest"]},
     zip_safe=True,
     maintainer="superseg_ros maintainers",
     maintainer_email="maintainers@users.noreply.github.com",

@@ -257,6 +257,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     model.trained_heads = {h: bool(heads[h]) for h in HEADS}
     model.meta = dict(payload.get("meta", {}))
+    model.checkpoint_path = Path(path)  # exported-graph caches are keyed by this file
     return model.to(device).eval()
 
 

@@ -6,18 +6,22 @@
 
 Steps (each timed separately by superseg-bench):
     preprocess   numpy/tensor -> float RGB in [0, 1] on the device, padded to a multiple of 8
-    network      one forward pass of SuperSegmentation (optionally under fp16/bf16 autocast)
+    network      one forward pass of SuperSegmentation in the configured backend (torch,
+                 onnxruntime, openvino: superseg_ros.backends), the same dict of tensors from each
     postprocess  NMS -> stability filter -> top-K -> sub-pixel offsets -> descriptor sampling
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import postprocess as pp
+from .backends import BACKEND_CHOICES, PRECISIONS, make_runner
 from .config import ConfigError, merge_config, require_choice
 from .network import CELL, SuperSegmentation
 from .semantics import DEFAULT_STABLE_GROUPS, stable_group_ids
@@ -35,7 +39,8 @@ DEFAULT_EXTRACTOR_CONFIG = {
     "stable_groups": list(DEFAULT_STABLE_GROUPS),
     "mask_threshold": 0.5,          # a pixel is stable if P(stable groups) >= this
     "keep_unstable": False,         # keep keypoints on unstable regions, flagged stable=False
-    "precision": "fp32",            # fp32 | fp16 | bf16 autocast for the network
+    "precision": "auto",            # auto (fp16 on CUDA, else fp32) | fp32 | fp16 | bf16
+    "backend": "torch",             # torch | onnxruntime | openvino | auto (fastest installed)
 }
 
 
@@ -95,17 +100,21 @@ class Features:
 
 class Extractor:
     def __init__(self, model: SuperSegmentation, config: dict | None = None,
-                 device: str | torch.device = "auto"):
+                 device: str | torch.device = "auto",
+                 checkpoint: str | os.PathLike | None = None):
+        """`checkpoint`: the file `model` was loaded from (default: model.checkpoint_path, set by
+        load_model). The onnxruntime and openvino backends cache the exported graph next to it,
+        keyed by its content; without one the cache is keyed by the model's weights and kept in
+        the user's cache folder."""
         self.config = conf = merge_config(DEFAULT_EXTRACTOR_CONFIG, config, where="extractor")
         require_choice(conf["semantic_filter"], ("auto", "on", "off"), "extractor.semantic_filter")
-        require_choice(conf["precision"], ("fp32", "fp16", "bf16"), "extractor.precision")
+        require_choice(conf["precision"], PRECISIONS, "extractor.precision")
+        require_choice(conf["backend"], BACKEND_CHOICES, "extractor.backend")
         if not 0.0 <= float(conf["mask_threshold"]) <= 1.0:
             raise ConfigError("extractor.mask_threshold must be within [0, 1]")
         if int(conf["nms_radius"]) < 0 or int(conf["remove_borders"]) < 0:
             raise ConfigError("extractor.nms_radius and remove_borders must be >= 0")
         self.device = resolve_device(device)
-        if conf["precision"] == "fp16" and self.device.type != "cuda":
-            raise ConfigError("precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
         self.model = model.to(self.device).eval()
 
         semantics = model.semantics
@@ -113,6 +122,12 @@ class Extractor:
         self.num_groups = len(semantics["groups"])
         self.class_to_group = torch.tensor(semantics["class_to_group"], device=self.device)
         self.semantic_active, self.semantic_note = self._decide_semantics(model)
+        # after the semantic decision: the exported graph has a segmentation output only if used
+        self.runner = make_runner(conf["backend"], self.model, self.device,
+                                  semantics=self.semantic_active, precision=conf["precision"],
+                                  checkpoint=checkpoint or model.checkpoint_path)
+        self.backend = self.runner.name
+        self.backend_note = f"backend {self.runner.description}"
 
     def _decide_semantics(self, model) -> tuple[bool, str | None]:
         mode, trained = self.config["semantic_filter"], model.trained_heads["semantic"]
@@ -162,12 +177,9 @@ class Extractor:
         return batch.mean(1, keepdim=True)  # RGB into a grey-input network
 
     def network(self, batch: torch.Tensor) -> dict:
-        precision = self.config["precision"]
-        if precision == "fp32":
-            return self.model(batch, semantics=self.semantic_active)
-        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-        with torch.autocast(self.device.type, dtype=dtype):
-            return self.model(batch, semantics=self.semantic_active)
+        """(B, C, H8, W8) batch -> heatmap, descriptors, offsets and, when the semantic filter is
+        active, segmentation logits: torch tensors on the device, whichever backend ran."""
+        return self.runner(batch)
 
     def postprocess(self, outputs: dict, sizes: torch.Tensor) -> Features:
         conf = self.config

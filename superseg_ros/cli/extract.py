@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..backends import BACKEND_CHOICES
 from ..bags import IMAGE_SUFFIXES
 from ..checkpoint import RANDOM, CheckpointError, open_model
 from ..config import ConfigError, read_parameters
@@ -36,6 +37,9 @@ def parse_args(argv):
     p.add_argument("--max-keypoints", type=int)
     p.add_argument("--threshold", type=float, help="detection threshold")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--backend", choices=BACKEND_CHOICES,
+                   help="inference backend (default: the config's, else torch); auto = the "
+                        "fastest installed for the device")
     p.add_argument("--keep-unstable", action="store_true",
                    help="keep keypoints on unstable regions, flagged stable=False")
     p.add_argument("--no-subpixel", action="store_true", help="keep NMS peaks on the pixel grid")
@@ -51,6 +55,8 @@ def extractor_config(args) -> dict:
         conf["max_keypoints"] = args.max_keypoints
     if args.threshold is not None:
         conf["detection_threshold"] = args.threshold
+    if args.backend is not None:
+        conf["backend"] = args.backend
     if args.keep_unstable:
         conf["keep_unstable"] = True
     if args.no_subpixel:
@@ -105,6 +111,7 @@ def main(argv=None) -> int:
         return 2
     if args.model == RANDOM:
         print(f"superseg-extract: using {model_name}", file=sys.stderr)
+    print(f"superseg-extract: {extractor.backend_note}", file=sys.stderr)
     if extractor.semantic_note:
         print(f"superseg-extract: {extractor.semantic_note}", file=sys.stderr)
     args.output.mkdir(parents=True, exist_ok=True)

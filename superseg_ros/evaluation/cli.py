@@ -24,6 +24,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from ..backends import BACKEND_CHOICES
 from ..checkpoint import RANDOM, CheckpointError, open_model
 from ..config import ConfigError
 from ..extractor import resolve_device
@@ -71,6 +72,9 @@ def parse_args(argv):
                    help="pairs per method drawn to overlays/ (default 3)")
     p.add_argument("--output", type=Path, default=Path("eval_output"), help="results folder")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--backend", default="torch", choices=BACKEND_CHOICES,
+                   help="inference backend of the model (default torch); auto = the fastest "
+                        "installed for the device")
     return p.parse_args(argv)
 
 
@@ -115,7 +119,7 @@ def build_methods(args, baselines, ablations):
     torch.manual_seed(args.seed)  # a random model is then the same network on every run
     model, description = open_model(args.model, device)
     methods, notes = model_methods(model, description, ablations, max_keypoints=args.max_keypoints,
-                                   device=device)
+                                   device=device, extractor_config={"backend": args.backend})
     methods += [BASELINES[name]() for name in baselines]
     return methods, notes, description, device
 
@@ -148,6 +152,7 @@ def main(argv=None) -> int:
         "max_keypoints": args.max_keypoints,
         "resolution": {"max_side": args.resize, **run["sizes"]},
         "baselines": baselines, "ablations": ablations, "device": str(device),
+        "backend": args.backend,
         "correct_px": M.CORRECT_PX,
         "ransac": {"method": "cv2.findHomography RANSAC", "threshold_px": M.RANSAC_PX,
                    "seed": "cv2.setRNGSeed(seed + pair index)"},

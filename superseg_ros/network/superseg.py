@@ -113,6 +113,7 @@ class SuperSegmentation(nn.Module):
         # Which heads hold trained weights. A fresh network has none; checkpoints say which.
         self.trained_heads = {head: False for head in HEADS}
         self.meta: dict = {}  # free-form provenance carried by checkpoints
+        self.checkpoint_path: Path | None = None  # the file load_model read it from
 
         self.encoder = build_encoder(conf["encoder"], conf["input_channels"],
                                      conf["encoder_width"], conf["encoder_dilation"])

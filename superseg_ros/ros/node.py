@@ -80,7 +80,8 @@ class SuperSegNode(Node):
             Extractor(model, settings["extractor"], device=settings["device"]),
             settings["max_side"], settings["scale"])
         extractor = self.processor.extractor
-        self.get_logger().info(f"model {self.model_name} on {extractor.device}")
+        self.get_logger().info(f"model {self.model_name} on {extractor.device}, "
+                               f"{extractor.backend_note}")
         if extractor.semantic_note:
             self.get_logger().warning(extractor.semantic_note)
 
