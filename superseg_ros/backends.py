@@ -329,6 +329,9 @@ def onnxruntime_runner(model, device, semantics, precision, checkpoint) -> OnnxR
         # the same number of threads as torch, so comparisons between backends are fair
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
+        # no busy-waiting between runs: spinning threads would take the cores from the
+        # post-processing and the node's own work that follow each forward pass
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ort_providers(device, tuple(ort.get_available_providers()), fp16,
                                   user_cache_dir() / "tensorrt")
         return ort.InferenceSession(str(path), options, providers=providers)

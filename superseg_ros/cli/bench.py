@@ -39,9 +39,12 @@ DEFAULT_BACKENDS = ["torch", "onnxruntime"]
 DEFAULT_SIZES = ["480x640", "240x320"]
 STAGES = ("preprocess", "network", "postprocess")
 RANDOM_WEIGHTS = "random weights (timing only)"
-# Every head runs in every row (the semantic filter forced on, as with a model whose semantic
-# head is trained), so the architectures are compared on the same work.
-EXTRACTOR_CONFIG = {"semantic_filter": "on", "force_semantic": True}
+# Every row does the same work: every head runs (the semantic filter forced on, as with a model
+# whose semantic head is trained), and every row post-processes the full keypoint budget
+# (threshold 0, rejected keypoints kept), whatever its weights (random or untrained heads would
+# otherwise yield anything from 0 to 1000 keypoints).
+EXTRACTOR_CONFIG = {"semantic_filter": "on", "force_semantic": True, "keep_unstable": True,
+                    "detection_threshold": 0.0}
 RUNTIMES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",),
             "auto": ("onnxruntime", "openvino")}
 
@@ -278,8 +281,8 @@ def render(header: dict, results: list[dict]) -> str:
         f"{header['date']}: {header['cpu']}, {header['cpus']} CPUs, {header['torch_threads']} "
         f"torch threads, torch {header['torch']}{runtimes}. CPU numbers of this machine only.",
         f"Median of {header['repeats']} interleaved runs after {header['warmup']} warm-up; one "
-        f"image; max {header['max_keypoints']} keypoints; all four heads run (semantic filter "
-        "forced on). fps = 1000 / median(preprocess + network + post-processing); speed-up = "
+        f"image; {header['max_keypoints']} keypoints (threshold 0); all four heads run (semantic "
+        "filter forced on). fps = 1000 / median(preprocess + network + post-processing); speed-up = "
         "the reference row's median over this row's, same size. 1-min load average "
         "{} before, {} after.".format(*header["load_average_1min"]),
         "",
