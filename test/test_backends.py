@@ -59,13 +59,13 @@ def runtime(name: str):
 RUNTIMES = [runtime("onnxruntime"), runtime("openvino")]
 
 
-def semantic_model(seed: int = 0) -> SuperSegmentation:
+def semantic_model(seed: int = 0, config: dict = TINY) -> SuperSegmentation:
     """A tiny network whose heads are all marked trained and whose masks have both stable and
     unstable regions. A freshly initialised tiny head outputs near-constant logits (BatchNorm
     without statistics flattens them), so: BatchNorm statistics from rendered scenes, then
     sharper class logits with the stable classes favoured (about 40 % of pixels stable)."""
     torch.manual_seed(seed)
-    model = SuperSegmentation(TINY)
+    model = SuperSegmentation(config)
     model.trained_heads = {head: True for head in model.trained_heads}
     scenes = torch.stack([torch.from_numpy(render_scene(96, 128, seed=s)).permute(2, 0, 1)
                           for s in range(4)]).float() / 255
@@ -267,6 +267,24 @@ def test_backend_matches_torch_keypoints_1e3px_descriptors_cos9999_masks_999(
     # the filter has work to do: both kinds of region, and keypoints it rejected
     assert len(want["keypoints"]) > 20 and 0.2 < want["stability_mask"].mean() < 0.8
     assert len(want["rejected_keypoints"]) > 0
+    assert_parity(got, want)
+
+
+# the default (lean) architecture at tiny widths: ResNet-18 pyramid, neck, separable ASPP
+TINY_LEAN = {"encoder_width": 8, "neck_channels": 16, "head_channels": 16, "descriptor_dim": 32,
+             "aspp_channels": 16, "low_level_channels": 8, "decoder_channels": 16}
+
+
+@pytest.mark.parametrize("backend", RUNTIMES)
+def test_lean_architecture_matches_torch_in_every_backend(backend, cache_home, one_thread):
+    """The neck's resizes of ceil-sized stride-16/32 maps at an odd size (97x131: 13x17 cells)
+    survive export; same tolerances as above."""
+    model = semantic_model(config=TINY_LEAN)
+    assert model.config["preset"] == "lean" and model.config["neck_channels"]
+    image = render_scene(97, 131, seed=3)
+    want = Extractor(model, EXTRACTOR, device="cpu")(image).unbatch()[0]
+    got = Extractor(model, {**EXTRACTOR, "backend": backend}, device="cpu")(image).unbatch()[0]
+    assert len(want["keypoints"]) > 20
     assert_parity(got, want)
 
 
