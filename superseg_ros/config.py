@@ -152,10 +152,14 @@ def read_parameters(path, node: str = "superseg_node", namespace: str = "/") -> 
     return merged
 
 
+def absolute_namespace(namespace: str) -> str:
+    """'front', '/front/', 'a/b' -> '/front', '/a/b'; '' and '/' -> '' (no namespace)."""
+    return "/" + namespace.strip("/") if namespace.strip("/") else ""
+
+
 def fully_qualified_name(node: str, namespace: str = "/") -> str:
-    """'front', 'superseg_node' -> '/front/superseg_node'."""
-    namespace = "/" + namespace.strip("/") if namespace.strip("/") else ""
-    return f"{namespace}/{node}"
+    """'superseg_node', 'front' -> '/front/superseg_node'."""
+    return f"{absolute_namespace(namespace)}/{node}"
 
 
 def node_key_matches(key: str, fqn: str) -> bool:

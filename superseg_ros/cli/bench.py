@@ -125,14 +125,7 @@ def plan_rows(spec: str | None, backends: list[str]) -> list[Row]:
 
 
 def extractor_config(backend: str, max_keypoints: int) -> dict:
-    from ..extractor import DEFAULT_EXTRACTOR_CONFIG
-
-    config = {**EXTRACTOR_CONFIG, "max_keypoints": max_keypoints}
-    # An extractor without backends rejects the key (ConfigError: a skipped row), except for
-    # torch, which is what such an extractor runs anyway.
-    if backend != "torch" or "backend" in DEFAULT_EXTRACTOR_CONFIG:
-        config["backend"] = backend
-    return config
+    return {**EXTRACTOR_CONFIG, "max_keypoints": max_keypoints, "backend": backend}
 
 
 def build_extractors(rows: list[Row], max_keypoints: int) -> None:
@@ -146,7 +139,7 @@ def build_extractors(rows: list[Row], max_keypoints: int) -> None:
         except (ConfigError, ImportError) as exc:
             row.skipped = f"{type(exc).__name__}: {first_line(exc)}"
             continue
-        used = getattr(row.extractor, "backend", row.backend)  # what `auto` chose
+        used = row.extractor.backend  # what `auto` chose
         if used != row.backend:
             row.backend = f"{row.backend} ({used})"
 

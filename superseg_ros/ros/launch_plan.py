@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import fully_qualified_name
+from ..config import absolute_namespace
 
 NODE_NAME = "superseg_node"  # here, not in parameters.py: the launch file must not import torch
 
@@ -32,11 +32,7 @@ class NodeLaunch:
     @property
     def namespace_path(self) -> str:
         """'' or '/front' (what `-r __ns:=` needs)."""
-        return "/" + self.namespace.strip("/") if self.namespace.strip("/") else ""
-
-    @property
-    def fully_qualified_name(self) -> str:
-        return fully_qualified_name(NODE_NAME, self.namespace)
+        return absolute_namespace(self.namespace)
 
     def parameters(self) -> list:
         """The parameter file, then only what the user set: an unset `model` must not override
