@@ -4,9 +4,10 @@ The segmentation head predicts `classes`; post-processing only cares about which
 a pixel belongs to. The table travels inside every checkpoint, so a model trained on another label
 set carries its own mapping.
 
-The full Cityscapes ontology (`CITYSCAPES_LABELS`) is the one place where label ids, train ids and
-stability groups are defined; the 19-class table, the lookup arrays and the two training label
-modes ('classes19', 'groups4') are all derived from it.
+Each labelled dataset has one table, the one place where its label ids, train ids and stability
+groups are defined: `CITYSCAPES_LABELS` (the full Cityscapes ontology) and `CAMVID_LABELS` (the
+11 SegNet CamVid classes). An `Ontology` derives everything else from its table: the train
+classes, the lookup arrays and the two training label modes ('classes', 'groups4').
 """
 
 from __future__ import annotations
@@ -87,79 +88,149 @@ CITYSCAPES_LABELS = (
     CityscapesLabel("license plate",        -1,  -1, "vehicle",      7, False, True,  IGNORE),
 )
 
-# Cityscapes' 19 train ids (cityscapesScripts labels.py order) and their stability group.
-CITYSCAPES_TRAIN_CLASSES = tuple(
-    (label.name, label.group)
-    for label in sorted((lb for lb in CITYSCAPES_LABELS if 0 <= lb.train_id < IGNORE),
-                        key=lambda lb: lb.train_id))
 
-CITYSCAPES_MAX_ID = max(label.id for label in CITYSCAPES_LABELS)  # 33; labelIds PNGs hold 0..33
-LABEL_MODES = ("classes19", "groups4")
+
+class CamVidLabel(NamedTuple):
+    """One value of CamVid's SegNet-split label PNGs (trainannot/, valannot/)."""
+    name: str
+    id: int              # pixel value in the label PNG; also the train id (11 = Unlabelled)
+    group: int           # STATIC/FLAT/DYNAMIC/UNSTABLE, or IGNORE (not supervised)
+
+
+# The 11 classes of the SegNet CamVid split (Badrinarayanan et al.; Brostow et al.'s 32 classes
+# merged), in label-PNG order. Groups mean what they mean for Cityscapes: SignSymbol and Fence are
+# rigid structure like traffic signs and fences there; Pavement is Cityscapes' sidewalk; Tree is
+# vegetation; Bicyclist is rider + bicycle.
+CAMVID_LABELS = (
+    CamVidLabel("Sky",         0, UNSTABLE),
+    CamVidLabel("Building",    1, STATIC),
+    CamVidLabel("Pole",        2, STATIC),
+    CamVidLabel("Road",        3, FLAT),
+    CamVidLabel("Pavement",    4, FLAT),
+    CamVidLabel("Tree",        5, UNSTABLE),
+    CamVidLabel("SignSymbol",  6, STATIC),
+    CamVidLabel("Fence",       7, STATIC),
+    CamVidLabel("Car",         8, DYNAMIC),
+    CamVidLabel("Pedestrian",  9, DYNAMIC),
+    CamVidLabel("Bicyclist",  10, DYNAMIC),
+    CamVidLabel("Unlabelled", 11, IGNORE),
+)
+
+LABEL_MODES = ("classes", "groups4")
+MODE_ALIASES = {"classes19": "classes"}  # the Cityscapes-only name of 'classes' in older configs
+
+
+class Ontology:
+    """One dataset's label table and every lookup derived from it.
+
+    `rows` are (name, label-PNG value, train id, group): the train id is the class the semantic
+    head predicts (0..n-1, IGNORE = not supervised as a class), the group its stability group
+    (IGNORE = not supervised at all). Label modes: 'classes' (the dataset's train classes) and
+    'groups4' (the head predicts the four groups directly).
+    """
+
+    def __init__(self, name: str, rows, label_file: str):
+        self.name, self.label_file = name, label_file
+        self.rows = tuple((str(n), int(i), int(t), int(g)) for n, i, t, g in rows)
+        trained = sorted((r for r in self.rows if 0 <= r[2] < IGNORE), key=lambda r: r[2])
+        if [r[2] for r in trained] != list(range(len(trained))):
+            raise ValueError(f"{name}: train ids must be 0..n-1, each used once")
+        self.train_classes = tuple((r[0], r[3]) for r in trained)
+        self.max_id = max(r[1] for r in self.rows)
+
+    def semantics(self, mode: str) -> dict:
+        """The class/group table of a network trained on `remap(..., mode)` targets."""
+        if check_mode(mode) == "classes":
+            return {"classes": [n for n, _ in self.train_classes], "groups": list(GROUPS),
+                    "class_to_group": [g for _, g in self.train_classes]}
+        return {"classes": list(GROUPS), "groups": list(GROUPS),
+                "class_to_group": list(range(len(GROUPS)))}
+
+    def lookup(self, mode: str) -> np.ndarray:
+        """(256,) uint8: label-PNG value -> training target of `mode`; IGNORE for values the
+        table does not define."""
+        column = 2 if check_mode(mode) == "classes" else 3
+        table = np.full(256, IGNORE, np.uint8)
+        for row in self.rows:
+            if row[1] >= 0:  # Cityscapes' license plate (-1) is never drawn into a label image
+                table[row[1]] = row[column] if 0 <= row[column] < IGNORE else IGNORE
+        return table
+
+    def remap(self, label_ids: np.ndarray, mode: str) -> np.ndarray:
+        """Label-PNG values (any shape, integer) -> uint8 targets of `mode` (IGNORE = skip). A
+        value outside the table is a ValueError: it means the wrong file was passed (a colour
+        or instance PNG, say), which a silent IGNORE would hide."""
+        table = self.lookup(mode)
+        label_ids = np.asarray(label_ids)
+        if not np.issubdtype(label_ids.dtype, np.integer):
+            raise ValueError(f"label ids must be an integer array, got dtype {label_ids.dtype}")
+        bad = self.values_outside(label_ids)
+        if bad.size:
+            raise ValueError(f"values {bad[:10].tolist()} are not {self.name} label ids "
+                             f"(0..{self.max_id}); expected {self.label_file}")
+        return table[label_ids]
+
+    def values_outside(self, label_ids: np.ndarray) -> np.ndarray:
+        """The distinct values of `label_ids` that are not label-PNG values of this table."""
+        label_ids = np.asarray(label_ids)
+        if not label_ids.size or (label_ids.min() >= 0 and label_ids.max() <= self.max_id):
+            return np.zeros(0, np.int64)
+        return np.unique(label_ids[(label_ids < 0) | (label_ids > self.max_id)])
+
+
+CITYSCAPES = Ontology("Cityscapes", ((lb.name, lb.id, lb.train_id, lb.group)
+                                     for lb in CITYSCAPES_LABELS),
+                      "a *_gtFine_labelIds.png image")
+CAMVID = Ontology("CamVid", ((lb.name, lb.id, lb.id if lb.group != IGNORE else IGNORE, lb.group)
+                             for lb in CAMVID_LABELS),
+                  "a SegNet CamVid label PNG (trainannot/, valannot/)")
+ONTOLOGIES = {"cityscapes": CITYSCAPES, "camvid": CAMVID}
+
+# Cityscapes' 19 train ids (cityscapesScripts labels.py order) and their stability group.
+CITYSCAPES_TRAIN_CLASSES = CITYSCAPES.train_classes
+CITYSCAPES_MAX_ID = CITYSCAPES.max_id  # 33; labelIds PNGs hold 0..33
+
+
+def ontology(dataset: str) -> Ontology:
+    if dataset not in ONTOLOGIES:
+        raise ConfigError(f"unknown dataset {dataset!r}; datasets with a label table: "
+                          f"{', '.join(ONTOLOGIES)}")
+    return ONTOLOGIES[dataset]
 
 
 def default_semantics() -> dict:
-    return {
-        "classes": [name for name, _ in CITYSCAPES_TRAIN_CLASSES],
-        "groups": list(GROUPS),
-        "class_to_group": [group for _, group in CITYSCAPES_TRAIN_CLASSES],
-    }
+    """The table of a network built without one: Cityscapes' 19 classes."""
+    return CITYSCAPES.semantics("classes")
 
 
-def semantics_for(mode: str) -> dict:
-    """The class/group table of a network trained on `remap_labels(..., mode)` targets.
-
-    'classes19': the 19 Cityscapes train classes (= default_semantics()); 'groups4': the network
-    predicts the four stability groups directly, so classes = groups and class_to_group is the
-    identity.
-    """
-    _check_mode(mode)
-    if mode == "classes19":
-        return default_semantics()
-    return {"classes": list(GROUPS), "groups": list(GROUPS),
-            "class_to_group": list(range(len(GROUPS)))}
+def semantics_for(mode: str, dataset: str = "cityscapes") -> dict:
+    """The class/group table of a network trained on `dataset`'s `mode` targets ('classes': the
+    dataset's train classes; 'groups4': classes = groups, class_to_group the identity)."""
+    return ontology(dataset).semantics(mode)
 
 
 def cityscapes_id_to_train_id() -> np.ndarray:
     """(256,) uint8 lookup: labelIds value -> official train id; 255 = ignore (also for ids
     that Cityscapes does not define)."""
-    return _lookup(lambda label: label.train_id)
+    return CITYSCAPES.lookup("classes")
 
 
 def cityscapes_id_to_group() -> np.ndarray:
     """(256,) uint8 lookup: labelIds value -> stability group id (0..3); 255 = ignore."""
-    return _lookup(lambda label: label.group)
+    return CITYSCAPES.lookup("groups4")
 
 
-def _lookup(value_of) -> np.ndarray:
-    table = np.full(256, IGNORE, np.uint8)
-    for label in CITYSCAPES_LABELS:
-        if label.id >= 0:  # license plate (-1) never appears in a label image
-            table[label.id] = value_of(label)
-    return table
+def remap_labels(label_ids: np.ndarray, mode: str, dataset: str = "cityscapes") -> np.ndarray:
+    """Label-PNG values of `dataset` -> uint8 training targets of `mode` (Ontology.remap)."""
+    return ontology(dataset).remap(label_ids, mode)
 
 
-def remap_labels(label_ids: np.ndarray, mode: str) -> np.ndarray:
-    """Cityscapes labelIds (any shape, integer) -> uint8 training targets of `mode`.
-
-    'classes19': train ids 0..18, 'groups4': group ids 0..3; 255 = ignore in both. A value that
-    is not a Cityscapes label id (0..33) is a ValueError: it means the wrong file was passed
-    (a colour or instance-id PNG, say), which a silent 255 would hide.
-    """
-    _check_mode(mode)
-    label_ids = np.asarray(label_ids)
-    if not np.issubdtype(label_ids.dtype, np.integer):
-        raise ValueError(f"label ids must be an integer array, got dtype {label_ids.dtype}")
-    if label_ids.size and (label_ids.min() < 0 or label_ids.max() > CITYSCAPES_MAX_ID):
-        bad = np.unique(label_ids[(label_ids < 0) | (label_ids > CITYSCAPES_MAX_ID)])
-        raise ValueError(f"values {bad[:10].tolist()} are not Cityscapes label ids "
-                         f"(0..{CITYSCAPES_MAX_ID}); expected a *_gtFine_labelIds.png image")
-    table = cityscapes_id_to_train_id() if mode == "classes19" else cityscapes_id_to_group()
-    return table[label_ids]
-
-
-def _check_mode(mode: str) -> None:
+def check_mode(mode: str) -> str:
+    """The canonical name of a label mode ('classes19' -> 'classes'); ConfigError if unknown."""
+    mode = MODE_ALIASES.get(mode, mode)
     if mode not in LABEL_MODES:
         raise ConfigError(f"unknown label mode {mode!r}; modes are: {', '.join(LABEL_MODES)}")
+    return mode
 
 
 def validate_semantics(semantics: Mapping, num_classes: int, source: str = "semantics") -> dict:

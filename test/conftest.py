@@ -59,6 +59,58 @@ class ImageAsHeatmap(SuperSegmentation):
         return out
 
 
+# --- CamVid fixture ------------------------------------------------------------------------------
+
+# SegNet CamVid label values (semantics.CAMVID_LABELS)
+CV_SKY, CV_BUILDING, CV_ROAD, CV_CAR, CV_PEDESTRIAN, CV_UNLABELLED = 0, 1, 3, 8, 9, 11
+
+
+def camvid_frame(index: int, height: int = 48, width: int = 64):
+    """(RGB image, label PNG values) of a tiny street-like frame: sky on top, building in the
+    middle, road at the bottom, a car (a textured box) whose position depends on `index`, and an
+    unlabelled strip at the right edge."""
+    rng = np.random.default_rng(index)
+    image = np.zeros((height, width, 3), np.uint8)
+    labels = np.full((height, width), CV_BUILDING, np.uint8)
+    labels[: height // 4] = CV_SKY
+    labels[3 * height // 4:] = CV_ROAD
+    image[labels == CV_SKY] = (150, 190, 240)
+    image[labels == CV_ROAD] = (90, 90, 90)
+    building = labels == CV_BUILDING
+    image[building] = rng.integers(100, 200, (int(building.sum()), 3))
+    left = 4 + (index * 7) % (width // 2)
+    top, bottom = height // 2, 3 * height // 4 + 4
+    labels[top:bottom, left:left + 16] = CV_CAR
+    image[top:bottom, left:left + 16] = (200, 30, 30)
+    image[top + 3:top + 6, left + 2:left + 14] = (20, 20, 20)   # windows: corners to detect
+    labels[:, -3:] = CV_UNLABELLED
+    return image, labels
+
+
+def make_camvid(root, n_train: int = 3, n_val: int = 2, height: int = 48, width: int = 64,
+                pair_lists: bool = True):
+    """A tiny CamVid in the SegNet layout: train/, trainannot/, val/, valannot/ (+ train.txt,
+    val.txt). Returns the root."""
+    import cv2
+    from pathlib import Path
+    root = Path(root)
+    index = 0
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
+        lines = []
+        for i in range(n):
+            image, labels = camvid_frame(index, height, width)
+            index += 1
+            name = f"0001TP_{i * 30:06d}.png" if split == "train" else f"0016E5_{i * 2:05d}.png"
+            cv2.imwrite(str(root / split / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(root / f"{split}annot" / name), labels)
+            lines.append(f"{split}/{name} {split}annot/{name}")
+        if pair_lists:
+            (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
 # --- ROS 2 ---------------------------------------------------------------------------------------
 
 

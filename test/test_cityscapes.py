@@ -82,23 +82,23 @@ def test_lookup_tables():
 
 def test_remap_labels_both_modes():
     ids = np.array([[0, 7, 8, 9], [11, 21, 23, 26], [29, 17, 1, 33]], np.uint8)
-    assert remap_labels(ids, "classes19").tolist() == [[255, 0, 1, 255], [2, 8, 10, 13],
+    assert remap_labels(ids, "classes").tolist() == [[255, 0, 1, 255], [2, 8, 10, 13],
                                                        [255, 5, 255, 18]]
     assert remap_labels(ids, "groups4").tolist() == [[255, 1, 1, 1], [0, 3, 3, 2], [2, 0, 255, 2]]
     assert remap_labels(ids.astype(np.int64), "groups4").dtype == np.uint8
 
 
 def test_remap_labels_rejects_bad_input():
-    with pytest.raises(ConfigError, match="classes19, groups4"):
+    with pytest.raises(ConfigError, match="classes, groups4"):
         remap_labels(np.zeros((2, 2), np.uint8), "classes20")
     with pytest.raises(ValueError, match=r"\[34, 255\] are not Cityscapes label ids"):
-        remap_labels(np.array([7, 34, 255], np.uint8), "classes19")
+        remap_labels(np.array([7, 34, 255], np.uint8), "classes")
     with pytest.raises(ValueError, match="integer"):
         remap_labels(np.zeros(3, np.float32), "groups4")
 
 
 def test_semantics_for_modes_build_networks():
-    assert semantics_for("classes19") == default_semantics()
+    assert semantics_for("classes") == default_semantics()
     groups = semantics_for("groups4")
     assert groups["classes"] == list(GROUPS) and groups["class_to_group"] == [0, 1, 2, 3]
     validate_semantics(groups, 4)
@@ -117,7 +117,7 @@ def test_table_agrees_with_real_train_id_png():
     folder = PSEUDO / "gtFine" / "val" / "frankfurt"
     ids = cv2.imread(str(folder / f"{name}_gtFine_labelIds.png"), cv2.IMREAD_UNCHANGED)
     train = cv2.imread(str(folder / f"{name}_gtFine_labelTrainIds.png"), cv2.IMREAD_UNCHANGED)
-    ours = remap_labels(ids, "classes19")
+    ours = remap_labels(ids, "classes")
     # Each label id present maps, in most of its pixels, to exactly our train id.
     for i in np.unique(ids):
         values, counts = np.unique(train[ids == i], return_counts=True)
@@ -190,7 +190,7 @@ def test_reader_lists_sorted_and_reads_everything(tmp_path):
     assert sample["image"].shape == (8, 16, 3) and sample["image"].dtype == np.uint8
     assert tuple(sample["image"][0, 0]) == (200, 100, 0)  # RGB, not BGR
     assert sample["label_ids"][0, 0] == 7 and sample["label_ids"][0, 15] == 26
-    assert sample["labels"]["classes19"][0, 15] == 13 and sample["labels"]["groups4"][0, 15] == 2
+    assert sample["labels"]["classes"][0, 15] == 13 and sample["labels"]["groups4"][0, 15] == 2
     assert sample["camera"] == {k: {kk: float(vv) for kk, vv in v.items()}
                                 for k, v in CAMERA.items()}
     assert sample["vehicle"]["speed"] == 5.0  # vehicle/ comes before vehicle_sequence/

@@ -23,7 +23,7 @@ from superseg_ros.config import ConfigError, merge_config
 from superseg_ros.homography import scaling_matrix, warp_image, warp_points
 from superseg_ros.network import SuperSegmentation
 from superseg_ros.semantics import IGNORE, semantics_for
-from superseg_ros.training.cityscapes_data import CityscapesPairs, cityscapes_data_config
+from superseg_ros.training.labelled_data import LabelledPairs, labelled_data_config
 from superseg_ros.training.config import load_config, training_config
 from superseg_ros.training.road_homography import cityscapes_road_homography
 from superseg_ros.training.stages import (STAGES, confusion_matrix, intersection_over_union,
@@ -143,11 +143,11 @@ def train_records(output) -> list[dict]:
 def test_shipped_cityscapes_configs_are_valid(name):
     conf = load_config(ROOT / "training" / "configs" / name)
     stage = STAGES[conf["stage"]]
-    assert conf["stage"] == "cityscapes"
+    assert conf["stage"] == "labelled"
     merge_config(stage.loss_defaults, conf["loss"], where="loss")
     merge_config(stage.validation_defaults, conf["validation"], where="validation")
-    data = cityscapes_data_config(conf["data"])
-    assert data["label_mode"] == "classes19"
+    data = labelled_data_config(conf["data"])
+    assert data["label_mode"] == "classes"
     if "4070ti" in name:
         assert conf["amp"] and conf["grad_clip"] > 0 and conf["schedule"]["decay"] == "cosine"
         assert conf["schedule"]["iterations"] == 50000 and conf["schedule"]["warmup"] > 0
@@ -179,7 +179,7 @@ def test_view_b_follows_the_road_homography(tree):
     root, labels = tree
     still = {"perspective": 0.0, "scale": [1.0, 1.0], "rotation_deg": 0.0, "translation": 0.0,
              "patch_ratio": 1.0}
-    ds = CityscapesPairs({"root": str(root), "labels": str(labels), "size": CROP,
+    ds = LabelledPairs({"root": str(root), "labels": str(labels), "size": CROP,
                           "scale": [0.7, 1.0]}, still, {"enabled": False}, 3, seed=1)
     seen = set()
     for index in range(6):
@@ -201,7 +201,7 @@ def test_view_b_follows_the_road_homography(tree):
 
 def test_view_b_labels_and_keypoints_are_where_h_puts_those_of_a(tree):
     root, labels = tree
-    ds = CityscapesPairs({"root": str(root), "labels": str(labels), "size": CROP,
+    ds = LabelledPairs({"root": str(root), "labels": str(labels), "size": CROP,
                           "scale": [0.7, 1.0]}, {}, {"enabled": False}, 3, seed=2)
     index = next(i for i in range(10) if ds.item_geometry(i)["ego_motion"])
     item, g = ds[index], ds.item_geometry(index)
@@ -243,11 +243,11 @@ def test_view_b_labels_and_keypoints_are_where_h_puts_those_of_a(tree):
 def test_dataset_errors(tree, tmp_path):
     root, labels = tree
     with pytest.raises(ConfigError, match="data.root"):
-        CityscapesPairs({"labels": str(labels)}, {}, {}, 3, 0)
+        LabelledPairs({"labels": str(labels)}, {}, {}, 3, 0)
     with pytest.raises(ConfigError, match="3 of 3 frames have no pseudo-labels"):
-        CityscapesPairs({"root": str(root), "labels": str(tmp_path)}, {}, {}, 3, 0)
+        LabelledPairs({"root": str(root), "labels": str(tmp_path)}, {}, {}, 3, 0)
     with pytest.raises(ConfigError, match="label_mode"):
-        cityscapes_data_config({"root": "x", "label_mode": "classes20"})
+        labelled_data_config({"root": "x", "label_mode": "classes20"})
 
 
 @pytest.mark.skipif(not PSEUDO.is_dir(), reason="../shared/data/cityscapes_pseudo not present")
@@ -259,7 +259,7 @@ def test_reader_opens_the_real_format_fixture(tmp_path):
     np.savez(labels, keypoints=np.array([[10.0, 20.0], [100.5, 60.25]], np.float32),
              scores=np.ones(2, np.float32), image_size=np.array(image.shape[:2], np.int32),
              source="frankfurt/frankfurt_000000_000294_leftImg8bit.png")
-    ds = CityscapesPairs({"root": str(PSEUDO), "split": "val", "labels": str(tmp_path),
+    ds = LabelledPairs({"root": str(PSEUDO), "split": "val", "labels": str(tmp_path),
                           "size": [64, 128], "label_mode": "groups4"}, {}, {}, 3, seed=0)
     item = ds[0]
     assert item["image_a"].shape == item["image_b"].shape == (3, 64, 128)
@@ -291,9 +291,9 @@ def test_miou_by_hand():
 
 def test_overfitting_one_batch_halves_the_segmentation_loss(tmp_path, tree):
     conf = stage3_config(tmp_path, tree)
-    stage = STAGES["cityscapes"](conf, 3)
+    stage = STAGES["labelled"](conf, 3)
     torch.manual_seed(0)
-    model = SuperSegmentation(TINY, semantics_for("classes19")).train()
+    model = SuperSegmentation(TINY, semantics_for("classes")).train()
     batch = torch.utils.data.default_collate([stage.dataset[i] for i in range(2)])
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     history = []

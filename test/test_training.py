@@ -72,9 +72,9 @@ def test_shipped_configs_are_valid(path):
     merge_config(stage.validation_defaults, conf["validation"], where="validation")
     if conf["stage"] == "magicpoint":
         data.ShapesDataset(conf["data"], conf["homography"], conf["photometric"], 3, 0)
-    elif conf["stage"] == "cityscapes":
-        from superseg_ros.training.cityscapes_data import cityscapes_data_config
-        cityscapes_data_config(conf["data"])
+    elif conf["stage"] == "labelled":
+        from superseg_ros.training.labelled_data import labelled_data_config
+        labelled_data_config(conf["data"])
     else:
         merge_config(data.PAIR_DATA_DEFAULTS, conf["data"], where="data")
     from superseg_ros.training.adaptation import adaptation_config

@@ -62,7 +62,7 @@ def config_size(config: dict) -> tuple[int, int]:
     if config["stage"] == "magicpoint":
         shapes = data.get("shapes", {})
         return int(shapes.get("height", 240)), int(shapes.get("width", 320))
-    size = data.get("size") or ([512, 1024] if config["stage"] == "cityscapes" else [240, 320])
+    size = data.get("size") or ([512, 1024] if config["stage"] == "labelled" else [240, 320])
     return int(size[0]), int(size[1])
 
 
@@ -79,8 +79,8 @@ def build_model(config: dict):
     stage = STAGES[config["stage"]]
     if hasattr(stage, "model_semantics"):
         from superseg_ros.semantics import semantics_for
-        mode = config["data"].get("label_mode", "classes19")
-        semantics = semantics_for(mode)
+        mode = config["data"].get("label_mode", "classes")
+        semantics = semantics_for(mode, config["data"].get("dataset", "cityscapes"))
         model_conf["num_classes"] = len(semantics["classes"])
     torch.manual_seed(0)
     note = f"config model block {config['model'] or '(defaults)'}"
@@ -110,7 +110,7 @@ def random_batch(stage: str, batch: int, h: int, w: int, num_classes: int, devic
         shift = torch.eye(3, dtype=torch.float64).repeat(batch, 1, 1)
         shift[:, 0, 2] = 3.0
         out.update({"H": shift, "valid_b": torch.ones(batch, h, w, dtype=torch.bool)})
-        if stage == "cityscapes":
+        if stage == "labelled":
             for v in ("a", "b"):
                 out[f"segmentation_{v}"] = torch.randint(0, num_classes, (batch, h, w),
                                                          generator=g).to(torch.uint8)

@@ -6,7 +6,9 @@
 
 Each source folder (its images, sorted by name) is split into a training part and a held-out part
 (the LAST `holdout` fraction: neighbouring video frames are near duplicates, so a contiguous tail
-block leaks less than a random pick). Images are scaled (aspect kept) so they just cover
+block leaks less than a random pick). A folder given with `--train-only` goes wholly to training:
+use it for a dataset whose held-out part lives elsewhere (CamVid's `train/`, whose `val/` is the
+held-out set). Images are scaled (aspect kept) so they just cover
 `--cover H W`, the training crop, and written flat as <output>/{train,heldout}/<folder>__<name>.png
 with split.json listing every file. The output is a local cache outside the repository: the
 source licences forbid redistribution, so never commit it.
@@ -30,16 +32,19 @@ def main(argv=None) -> int:
     parser.add_argument("--cover", nargs=2, type=int, default=[192, 256], metavar=("H", "W"))
     parser.add_argument("--holdout", type=float, default=0.2)
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--train-only", nargs="+", type=Path, default=[], metavar="FOLDER",
+                        help="folders used wholly for training (no held-out part)")
     args = parser.parse_args(argv)
     split = {"cover_hw": args.cover, "holdout": args.holdout, "train": [], "heldout": []}
-    for source in args.sources:
+    train_only = set(args.train_only)
+    for source in [*args.sources, *args.train_only]:
         if not source.is_dir():
             print(f"prepare_images: {source} is not a folder", file=sys.stderr)
             return 2
         # label/depth PNGs of annotated datasets are not photographs
         images = sorted(p for p in source.iterdir() if p.suffix.lower() in SUFFIXES
                         and "gtFine" not in p.name)
-        n_held = int(round(len(images) * args.holdout))
+        n_held = 0 if source in train_only else int(round(len(images) * args.holdout))
         for index, path in enumerate(images):
             part = "heldout" if index >= len(images) - n_held else "train"
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -51,7 +56,10 @@ def main(argv=None) -> int:
             size = (max(args.cover[1], round(w * scale)), max(args.cover[0], round(h * scale)))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1
                                else cv2.INTER_LINEAR)
-            target = args.output / part / f"{source.name}__{path.stem}.png"
+            # camvid/train -> camvid_train__<name>: a bare 'train' would not say which dataset
+            prefix = source.name if source.name not in ("train", "val", "test") \
+                else f"{source.parent.name}_{source.name}"
+            target = args.output / part / f"{prefix}__{path.stem}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(target), image)
             split[part].append({"source": str(path), "file": str(target), "size_hw": [h, w]})

@@ -29,11 +29,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..config import ConfigError, merge_config, require_choice
-from ..semantics import CITYSCAPES_MAX_ID, LABEL_MODES, remap_labels
+from ..config import ConfigError, merge_config
+from ..semantics import CITYSCAPES_MAX_ID, check_mode, remap_labels
 
 DEFAULT_CITYSCAPES_CONFIG = {
-    "label_modes": ["classes19", "groups4"],  # remapped label maps returned under "labels"
+    "label_modes": ["classes", "groups4"],  # remapped label maps returned under "labels"
     "neighbour_offset": 1,      # frames to the neighbour in leftImg8bit_sequence (+1 = next)
     "neighbour": True,          # read the neighbouring frame when leftImg8bit_sequence exists
     "frame_rate": 17.0,         # Hz of the Cityscapes video: neighbour dt = offset / frame_rate
@@ -59,8 +59,10 @@ class CityscapesError(ValueError):
 def cityscapes_config(overrides: dict | None = None) -> dict:
     """DEFAULT_CITYSCAPES_CONFIG updated with `overrides`; bad keys/values are a ConfigError."""
     conf = merge_config(DEFAULT_CITYSCAPES_CONFIG, overrides, where="cityscapes")
-    for mode in conf["label_modes"]:
-        require_choice(mode, LABEL_MODES, "cityscapes.label_modes")
+    try:
+        conf["label_modes"] = [check_mode(mode) for mode in conf["label_modes"]]
+    except ConfigError as exc:
+        raise ConfigError(f"cityscapes.label_modes: {exc}") from exc
     if not isinstance(conf["neighbour_offset"], int) or conf["neighbour_offset"] == 0:
         raise ConfigError("cityscapes.neighbour_offset must be a non-zero integer number of "
                           f"frames, got {conf['neighbour_offset']!r}")
@@ -83,10 +85,12 @@ class CityscapesFrames:
                                     else {name, frame, offset, dt (s), image, camera, vehicle}
     """
 
+    dataset = "cityscapes"
+
     def __init__(self, root: str | Path, split: str, config: dict | None = None):
         self.config = cityscapes_config(config)
         self.root, self.split = Path(root), split
-        image_dir = self.root / "leftImg8bit" / split
+        self.images_dir = image_dir = self.root / "leftImg8bit" / split
         if not image_dir.is_dir():
             raise CityscapesError(f"{image_dir} is not a folder: expected the Cityscapes layout "
                                   f"<root>/leftImg8bit/<split>/<city>/ "
@@ -109,6 +113,10 @@ class CityscapesFrames:
 
     def folder(self, kind: str, city: str) -> Path:
         return self.root / kind / self.split / city
+
+    @property
+    def labelled(self) -> bool:
+        return self.has("gtFine")
 
     def has(self, kind: str) -> bool:
         """Whether the modality folder `<root>/<kind>/<split>` exists."""

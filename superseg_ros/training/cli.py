@@ -4,9 +4,9 @@
     superseg-train training/configs/joint_cpu.yaml --set init.checkpoint=runs/magicpoint_cpu/model.pt
     superseg-train CONFIG --set schedule.iterations=200 --output runs/try --restart
 
-Joint and cityscapes stages with `data.labels: adapt`: the pseudo-labels are made here with
+Joint and labelled stages with `data.labels: adapt`: the pseudo-labels are made here with
 homographic adaptation (the `adaptation` block) by the init checkpoint (of `data.images`, or of
-<data.root>/leftImg8bit/<data.split> for cityscapes), then the model trains on them; with
+the split's image folder for the labelled stage), then the model trains on them; with
 `data.label_rounds: N` it relabels with the model just trained and trains again, N times
 (SuperPoint's iterative adaptation). Round r lives in <output>/round<r>/ with its labels in
 <output>/labels_round<r>/; <output>/model.pt is the last round's model. Every part resumes.
@@ -51,17 +51,19 @@ def parse_args(argv):
 
 def labelled_images(config: dict) -> Path:
     """The image folder that `data.labels: adapt` labels."""
-    if config["stage"] == "cityscapes":
-        from .cityscapes_data import cityscapes_data_config
-        data = cityscapes_data_config(config["data"])
+    if config["stage"] == "labelled":
+        from .labelled_data import labelled_data_config
+        data = labelled_data_config(config["data"])
+        if data["dataset"] == "camvid":
+            return Path(data["root"]) / data["split"]
         return Path(data["root"]) / "leftImg8bit" / data["split"]
     return Path(config["data"]["images"])
 
 
 def run_pipeline(config: dict, restart: bool = False, progress: bool = True) -> Path:
-    """One stage, or for the joint/cityscapes stage with labels 'adapt' the label/train rounds."""
+    """One stage, or for the joint/labelled stage with labels 'adapt' the label/train rounds."""
     data = config["data"]
-    if config["stage"] not in ("joint", "cityscapes") or data.get("labels") != "adapt":
+    if config["stage"] not in ("joint", "labelled") or data.get("labels") != "adapt":
         return Trainer(config, restart=restart, progress=progress).run()
     from ..extractor import resolve_device
     from . import distributed

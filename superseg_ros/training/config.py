@@ -15,11 +15,14 @@ from pathlib import Path
 from ..config import ConfigError, apply_overrides, flatten, merge_config, read_yaml, \
     require_choice
 
-STAGES = ("magicpoint", "joint", "cityscapes")
+STAGES = ("magicpoint", "joint", "labelled")
+# `stage: cityscapes` (before the labelled stage took a dataset name) is the labelled stage on
+# Cityscapes; resumed runs and old configs keep working
+STAGE_ALIASES = {"cityscapes": "labelled"}
 
 DEFAULT_CONFIG = {
     "name": "",                   # experiment name (default: the config file's stem)
-    "stage": "magicpoint",        # magicpoint (stage 1) | joint (stage 2) | cityscapes (stage 3)
+    "stage": "magicpoint",        # magicpoint (stage 1) | joint (stage 2) | labelled (stage 3)
     "output": "",                 # run folder (default: runs/<name>)
     "seed": 0,
     "device": "auto",             # auto | cpu | cuda | cuda:N
@@ -71,6 +74,7 @@ RESUMABLE_CHANGES = ("output", "device", "threads", "num_workers", "log_every", 
 
 def training_config(raw: dict | None, name: str = "experiment") -> dict:
     conf = merge_config(DEFAULT_CONFIG, raw, where="training config")
+    conf["stage"] = STAGE_ALIASES.get(conf["stage"], conf["stage"])
     require_choice(conf["stage"], STAGES, "stage")
     conf["name"] = conf["name"] or name
     conf["output"] = conf["output"] or str(Path("runs") / conf["name"])
@@ -113,6 +117,8 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     lacks (written before the key existed) counts as its default."""
     defaults = flatten(DEFAULT_CONFIG)
     a, b = flatten(saved), flatten(current)
+    if "stage" in a:
+        a["stage"] = STAGE_ALIASES.get(a["stage"], a["stage"])
     for key, value in defaults.items():
         if key not in a and not any(k.startswith(key + ".") for k in a):
             a[key] = value

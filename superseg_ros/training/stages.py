@@ -4,9 +4,10 @@
     joint       stage 2: detector on both views of a warped pair (pseudo-labels from homographic
                 adaptation), descriptor triplet loss on correspondences, sub-pixel loss from
                 homography-consistent positions
-    cityscapes  stage 3: all four heads on Cityscapes frames, the second view made by the
-                road-plane (ego-motion) homography composed with a mild random one; fixed or
-                learned (uncertainty) loss weights; validation: homography AUC and 4-group mIoU
+    labelled    stage 3: all four heads on a labelled street dataset (`data.dataset`: Cityscapes,
+                the second view made by the road-plane (ego-motion) homography composed with a
+                mild random one; CamVid, the mild random one alone); fixed or learned
+                (uncertainty) loss weights; validation: homography AUC and 4-group mIoU
 
 A stage is used by `trainer.Trainer`; it never touches optimisers, checkpoints or logging.
 """
@@ -23,6 +24,7 @@ from ..config import ConfigError, merge_config, require_choice
 from ..extractor import Extractor
 from ..network import CELL, HEADS
 from ..postprocess import nms_peaks
+from ..evaluation.segmentation import confusion_matrix, intersection_over_union
 from ..semantics import GROUPS, IGNORE, semantics_for
 from ..visualize import draw_keypoints
 from . import losses as L
@@ -243,27 +245,6 @@ class Joint:
 # --- stage 3 -------------------------------------------------------------------------------------
 
 
-def confusion_matrix(predicted, target, num_classes: int, ignore: int = IGNORE) -> np.ndarray:
-    """(n, n) int64 counts, rows = true class, columns = predicted class, over the pixels whose
-    target is not `ignore` (and is a valid class)."""
-    predicted = np.asarray(predicted).reshape(-1).astype(np.int64)
-    target = np.asarray(target).reshape(-1).astype(np.int64)
-    keep = (target != ignore) & (target >= 0) & (target < num_classes)
-    index = target[keep] * num_classes + np.clip(predicted[keep], 0, num_classes - 1)
-    return np.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
-
-
-def intersection_over_union(confusion: np.ndarray) -> tuple[float, np.ndarray]:
-    """(mean IoU over the classes that occur in the target or the prediction, per-class IoU with
-    NaN for classes that occur in neither). IoU = TP / (TP + FP + FN)."""
-    confusion = np.asarray(confusion, np.float64)
-    tp = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
-    return (float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")), iou
-
-
 class LossWeights(nn.Module):
     """How the stage's losses add up.
 
@@ -297,10 +278,10 @@ class LossWeights(nn.Module):
         return out
 
 
-class Cityscapes:
-    """Stage 3: the four heads together on Cityscapes (see cityscapes_data.CityscapesPairs)."""
+class Labelled:
+    """Stage 3: the four heads together on labelled street frames (labelled_data.LabelledPairs)."""
 
-    name = "cityscapes"
+    name = "labelled"
     trains = HEADS
     LOSSES = ("detector", "descriptor", "segmentation", "subpixel")
     loss_defaults = {"weighting": "fixed",          # fixed | uncertainty (learned, Kendall 2018)
@@ -319,7 +300,7 @@ class Cityscapes:
                    "repeatability@3px", "nn_map", "matching_score")
 
     def __init__(self, config: dict, channels: int, labels_dir=None):
-        from .cityscapes_data import CityscapesPairs
+        from .labelled_data import LabelledPairs
         self.config = config
         self.weights = merge_config(self.loss_defaults, config["loss"], where="loss")
         require_choice(self.weights["weighting"], ("fixed", "uncertainty"), "loss.weighting")
@@ -327,10 +308,10 @@ class Cityscapes:
                                        where="validation")
         require_choice(self.validation["key_metric"], self.KEY_METRICS, "validation.key_metric")
         self.key_metric = self.validation["key_metric"]
-        self.dataset = CityscapesPairs(config["data"], config["homography"],
+        self.dataset = LabelledPairs(config["data"], config["homography"],
                                        config["photometric"], channels, config["seed"],
                                        labels_dir=labels_dir)
-        self.semantics = semantics_for(self.dataset.mode)
+        self.semantics = self.dataset.ontology.semantics(self.dataset.mode)
         self.class_to_group = np.asarray(self.semantics["class_to_group"], np.int64)
         self.loss_weights = LossWeights(self.LOSSES, self.weights["weighting"], self.weights,
                                         self.weights["initial_log_variance"])
@@ -339,8 +320,9 @@ class Cityscapes:
     @staticmethod
     def model_semantics(config: dict) -> dict:
         """The class/group table the semantic head must have (from data.label_mode)."""
-        from .cityscapes_data import cityscapes_data_config
-        return semantics_for(cityscapes_data_config(config["data"])["label_mode"])
+        from .labelled_data import labelled_data_config
+        data = labelled_data_config(config["data"])
+        return semantics_for(data["label_mode"], data["dataset"])
 
     # --- the parameters of the loss itself (learned weights) ---------------------------------
     def parameters(self) -> list:
@@ -411,13 +393,13 @@ class Cityscapes:
         if not split:
             return None
         if self._val_frames is None:
-            from .cityscapes_data import frames_reader
+            from .labelled_data import frames_reader
             modes = ["groups4"] + ([self.dataset.mode] if self.dataset.mode != "groups4" else [])
             self._val_frames = frames_reader(self.dataset.data, split, modes)
         return self._val_frames
 
     def validate(self, model, device) -> dict:
-        """4-group mIoU (and the class mIoU with classes19) on the val frames, and
+        """4-group mIoU (and the class mIoU with classes) on the val frames, and
         superseg-eval's homography metrics on generated pairs from them."""
         frames = self.validation_frames()
         if frames is None:
@@ -427,7 +409,7 @@ class Cityscapes:
         return results
 
     def segmentation_metrics(self, model, device, frames) -> dict:
-        if not frames.has("gtFine"):
+        if not frames.labelled:
             return {}
         conf, (h, w) = self.validation, self.validation_size()
         n = len(frames) if conf["images"] <= 0 else min(conf["images"], len(frames))
@@ -457,9 +439,9 @@ class Cityscapes:
         return out
 
     def homography_metrics(self, model, device, frames) -> dict:
-        return homography_validation(model, device, frames.root / "leftImg8bit" / frames.split,
+        return homography_validation(model, device, frames.images_dir,
                                      self.validation, max(self.validation_size()),
                                      recursive=True)
 
 
-STAGES = {"magicpoint": MagicPoint, "joint": Joint, "cityscapes": Cityscapes}
+STAGES = {"magicpoint": MagicPoint, "joint": Joint, "labelled": Labelled}

@@ -1,11 +1,12 @@
-"""Stage-3 training items: a Cityscapes frame with its semantic labels and keypoint pseudo-labels,
-and a second view made by a geometry-aware homography, reproducible item by item.
+"""Stage-3 training items: a frame of a labelled street dataset (`data.dataset`: cityscapes or
+camvid) with its semantic labels and keypoint pseudo-labels, and a second view made by a
+geometry-aware homography, reproducible item by item.
 
 Item `i` depends only on (seed, i) (as in data.py): which frame (a seeded permutation per pass
 over the split), its random scale and crop, the homography and the photometric changes.
 
     view A   the frame resized by a random factor in `scale` (never below what covers `size`)
-             and cropped to `size` at a random place; its labels (`label_mode`: classes19 or
+             and cropped to `size` at a random place; its labels (`label_mode`: classes or
              groups4, 255 = ignore) resized the same way (nearest, pixel-centre exact), its
              pseudo-keypoints (superseg-adapt .npz, original pixels) moved the same way.
     H        H_syn @ H_road. H_road is the road-plane homography between the frame and its
@@ -17,7 +18,8 @@ over the split), its random scale and crop, the homography and the photometric c
              resize and crop. It is the identity when the frame has no camera or vehicle JSON,
              or its neighbour is not in leftImg8bit_sequence, or `ego_motion` is off. H_syn is a
              mild random homography in the crop's pixels (`homography` keys; defaults
-             road_homography.MILD_HOMOGRAPHY_CONFIG).
+             road_homography.MILD_HOMOGRAPHY_CONFIG). CamVid has no calibration or odometry,
+             so its H is H_syn alone.
     view B   A warped by H (black outside A; not the real neighbouring image, so the keypoint
              and descriptor targets are exact), its keypoints = H(A's), its labels = A's warped
              by H with nearest interpolation, 255 where B shows nothing of A.
@@ -34,38 +36,51 @@ from torch.utils.data import Dataset
 
 from ..config import ConfigError, merge_config, require_choice
 from ..homography import homography_config, scaling_matrix, warp_points
-from ..semantics import IGNORE, LABEL_MODES
+from ..semantics import IGNORE, check_mode, ontology
 from .augment import photometric_augment, photometric_config
+from .camvid import CamVidFrames
 from .cityscapes import CityscapesError, CityscapesFrames
 from .data import keypoint_targets, label_path, to_tensor, warp_view
 from .road_homography import (MILD_HOMOGRAPHY_CONFIG, compose_with_synthetic,
                               cityscapes_road_homography)
 from .synthetic_shapes import CELL
 
-CITYSCAPES_DATA_DEFAULTS = {
-    "root": "",                   # Cityscapes root: leftImg8bit/, gtFine/, camera/, vehicle/ ...
+LABELLED_DATA_DEFAULTS = {
+    "dataset": "cityscapes",      # cityscapes | camvid: the layout and label table of `root`
+    "root": "",                   # Cityscapes root (leftImg8bit/, gtFine/, camera/, vehicle/ ...)
+                                  # or CamVid root (train/, trainannot/, val/, valannot/)
     "split": "train",
     "validation_split": "val",    # frames for validation ("" = no validation)
-    "cities": [],                 # train on these cities only (empty = all; not validation)
-    "label_mode": "classes19",    # classes19 | groups4: what the semantic head learns
-    "labels": "",                 # superseg-adapt labels of leftImg8bit/<split> (same relative
-                                  # layout: <city>/<stem>_leftImg8bit.npz), or "adapt" (pipeline)
+    "cities": [],                 # Cityscapes: train on these cities only (empty = all)
+    "label_mode": "classes",      # classes | groups4: what the semantic head learns
+    "labels": "",                 # superseg-adapt labels of the split's image folder (same
+                                  # relative layout, <stem>.npz), or "adapt" (pipeline)
     "label_rounds": 1,            # with labels: adapt -- label, train, relabel, train ...
     "size": [512, 1024],          # training crop (H, W), multiples of 8
     "scale": [0.5, 1.0],          # resize factor of the frame before cropping (log-uniform)
+    # Cityscapes only (CamVid has no calibration or odometry):
     "calibration_size": [1024, 2048],  # (H, W) the camera JSON intrinsics are given for
     "ego_motion": True,           # road homography from camera + vehicle JSON (else identity)
     "neighbour_offset": 1,        # frames to the neighbour whose ego-motion is used
     "frame_rate": 17.0,           # Hz of the Cityscapes video
 }
+DATASETS = ("cityscapes", "camvid")
 
 
-def cityscapes_data_config(data: dict | None) -> dict:
-    conf = merge_config(CITYSCAPES_DATA_DEFAULTS, data, where="data")
-    require_choice(conf["label_mode"], LABEL_MODES, "data.label_mode")
+def labelled_data_config(data: dict | None) -> dict:
+    conf = merge_config(LABELLED_DATA_DEFAULTS, data, where="data")
+    require_choice(conf["dataset"], DATASETS, "data.dataset")
+    try:
+        conf["label_mode"] = check_mode(conf["label_mode"])
+    except ConfigError as exc:
+        raise ConfigError(f"data.label_mode: {exc}") from exc
     if not conf["root"]:
-        raise ConfigError("data.root: the Cityscapes folder (with leftImg8bit/ and gtFine/) "
-                          "is required for the cityscapes stage")
+        layout = "leftImg8bit/ and gtFine/" if conf["dataset"] == "cityscapes" \
+            else "train/, trainannot/, val/, valannot/"
+        raise ConfigError(f"data.root: the {conf['dataset']} folder (with {layout}) is required "
+                          "for the labelled stage")
+    if conf["dataset"] == "camvid" and conf["cities"]:
+        raise ConfigError("data.cities selects Cityscapes cities; CamVid has none")
     size = conf["size"]
     if len(size) != 2 or any(int(v) % CELL or int(v) < CELL for v in size):
         raise ConfigError(f"data.size must be [H, W], multiples of {CELL}, got {size}")
@@ -96,25 +111,26 @@ def warp_labels(labels: np.ndarray, H: np.ndarray, valid: np.ndarray) -> np.ndar
     return out
 
 
-class CityscapesPairs(Dataset):
-    """Training items of the cityscapes stage (see the module docstring); `frames` is the
-    CityscapesFrames reader of `data.split`."""
+class LabelledPairs(Dataset):
+    """Training items of the labelled stage (see the module docstring); `frames` is the
+    CityscapesFrames or CamVidFrames reader of `data.split`."""
 
     def __init__(self, data: dict, homography: dict, photometric: dict, channels: int,
                  seed: int, labels_dir: str | Path | None = None):
         from .adaptation import read_pseudo_labels  # only the keypoint stages need it
-        self.data = cityscapes_data_config(data)
+        self.data = labelled_data_config(data)
         self.homography = homography_config({**MILD_HOMOGRAPHY_CONFIG, **(homography or {})})
         self.photometric = photometric_config(photometric)
         self.channels, self.seed = int(channels), int(seed)
         self.height, self.width = (int(v) for v in self.data["size"])
         self.mode = self.data["label_mode"]
+        self.ontology = ontology(self.data["dataset"])
         self.frames = frames_reader(self.data, self.data["split"], [self.mode],
                                     self.data["cities"])
-        if not self.frames.has("gtFine"):
+        if not self.frames.labelled:
             raise ConfigError(f"data.root: {self.frames.root / 'gtFine' / self.frames.split} "
-                              "does not exist; the cityscapes stage needs the gtFine labels")
-        self.images_dir = self.frames.root / "leftImg8bit" / self.frames.split
+                              "does not exist; the labelled stage needs the gtFine labels")
+        self.images_dir = self.frames.images_dir
         labels = labels_dir or self.data["labels"]
         if not labels or labels == "adapt":
             raise ConfigError("data.labels: a folder of superseg-adapt pseudo-labels of "
@@ -217,10 +233,13 @@ class CityscapesPairs(Dataset):
         return out
 
 
-def frames_reader(data: dict, split: str, modes, cities=()) -> CityscapesFrames:
-    """CityscapesFrames for `split` with these label modes (and cities; empty = all); the
-    neighbouring image is never read (only its existence matters here)."""
+def frames_reader(data: dict, split: str, modes, cities=()):
+    """The frames of `split` of `data.dataset` with these label modes: CamVidFrames, or
+    CityscapesFrames (cities: empty = all) whose neighbouring image is never read (only its
+    existence matters here)."""
     try:
+        if data["dataset"] == "camvid":
+            return CamVidFrames(data["root"], split, {"label_modes": list(modes)})
         return CityscapesFrames(data["root"], split, {
             "label_modes": list(modes), "neighbour": False, "cities": list(cities),
             "neighbour_offset": data["neighbour_offset"], "frame_rate": data["frame_rate"]})
