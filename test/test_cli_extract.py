@@ -92,3 +92,45 @@ def test_one_unreadable_image_does_not_cost_the_others(tmp_path, images, checkpo
 def test_shipped_config_file_is_valid(tmp_path, images, checkpoint):
     assert main(["--model", str(checkpoint), "--input", str(images / "a.png"), "--output",
                  str(tmp_path / "o"), "--config", str(SHIPPED_CONFIG)]) == 0
+
+
+@pytest.fixture
+def semantic_checkpoint(tmp_path, tiny_model):
+    """The tiny random network saved as if its semantic head were trained (the filter runs)."""
+    return save_checkpoint(tiny_model, tmp_path / "semantic.pt",
+                           trained_heads={"detector": True, "descriptor": True,
+                                          "semantic": True, "subpixel": True})
+
+
+def test_dense_adds_input_resolution_maps(tmp_path, semantic_checkpoint, one_thread):
+    image = tmp_path / "odd.png"
+    cv2.imwrite(str(image), render_scene(45, 61, seed=3))  # not a multiple of 8 either way
+    out = tmp_path / "out"
+    assert main(["--model", str(semantic_checkpoint), "--input", str(image), "--output",
+                 str(out), "--dense", "--max-keypoints", "20", "--threshold", "0"]) == 0
+    data = np.load(out / "odd.npz")
+    assert {"group_map", "stable_prob", "keypoints", "stable"} <= set(data.files)
+    group_map, stable_prob = data["group_map"], data["stable_prob"]
+    assert group_map.dtype == np.uint8 and group_map.shape == (45, 61)
+    assert stable_prob.dtype == np.float16 and stable_prob.shape == (45, 61)
+    assert set(np.unique(group_map)) <= {0, 1, 2, 3}
+    assert np.isfinite(stable_prob).all() and 0 <= stable_prob.min() <= stable_prob.max() <= 1
+    assert main(["--model", str(semantic_checkpoint), "--input", str(image), "--output",
+                 str(tmp_path / "plain"), "--max-keypoints", "5"]) == 0
+    assert "group_map" not in np.load(tmp_path / "plain" / "odd.npz").files  # only with --dense
+
+
+def test_dense_without_the_semantic_filter_is_an_error(tmp_path, images, checkpoint,
+                                                       semantic_checkpoint, capsys):
+    out = tmp_path / "out"
+    assert main(["--model", str(checkpoint), "--input", str(images), "--output", str(out),
+                 "--dense"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "semantic head was never trained" in err[0]
+    assert "--dense" in err[0] and not out.exists()
+    config = tmp_path / "off.yaml"
+    config.write_text("superseg_node:\n  ros__parameters:\n    extractor:\n"
+                      "      semantic_filter: 'off'\n")
+    assert main(["--model", str(semantic_checkpoint), "--input", str(images), "--output",
+                 str(out), "--dense", "--config", str(config)]) == 2
+    assert "semantic_filter is off" in capsys.readouterr().err

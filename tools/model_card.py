@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
-"""Regenerate the measured parts of models/README.md from a real evaluation run.
+"""Regenerate the measured parts of models/README.md from real evaluation runs.
 
-    python tools/model_card.py --model models/superseg.pt --images runs/data/heldout \\
-        --images runs/data480/heldout --pairs 41
+    python tools/model_card.py --model models/superseg.pt --hpatches ../shared/data/hpatches_v4 \\
+        --images runs/data/heldout --images runs/data480/heldout --pairs 41 \\
+        --segmentation ../shared/data/camvid --dataset camvid \\
+        --reference-model runs/superseg_before_issue11.pt
 
 Runs superseg-eval (the model with and without sub-pixel refinement, OpenCV SIFT and ORB, on the
-same seeded pairs) once per held-out folder and writes, between the markers in models/README.md:
-  - the evaluation table (copied from the run's metrics.md, never typed by hand),
+same pairs) on real HPatches pairs and once per held-out folder of generated pairs, and
+superseg-eval --segmentation on the labelled frames; with --reference-model, the keypoint runs
+again for the previous model (before/after). It writes, between the markers in models/README.md:
+  - the evaluation tables (copied from the runs' metrics.md, never typed by hand),
+  - the segmentation and keypoint-filter tables,
+  - the before/after table,
   - the training record read from the checkpoint itself (stages, steps, wall time, configs).
-The run's full output (JSON, plots, overlays) stays in --output.
+The runs' full output (JSON, plots, overlays) stays in --output.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ sys.path.insert(0, str(ROOT))
 from superseg_ros.checkpoint import load_model  # noqa: E402
 from superseg_ros.evaluation.cli import main as eval_main  # noqa: E402
 from superseg_ros.evaluation.report import markdown_table  # noqa: E402
+from superseg_ros.evaluation.segmentation import (filter_rows, iou_rows,  # noqa: E402
+                                                  markdown)
 
 CARD = ROOT / "models" / "README.md"
 
@@ -132,27 +140,105 @@ def quality_targets(summaries: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate(args, images: str, output: Path) -> tuple[str, str]:
-    """One superseg-eval run on generated pairs from `images`: (evaluation text, targets table)."""
-    code = eval_main(["--model", args.model, "--images", images, "--pairs", str(args.pairs),
-                      "--seed", str(args.seed), "--max-keypoints", str(args.max_keypoints),
-                      "--baselines", "sift,orb", "--ablations", "subpixel",
-                      "--output", str(output)])
+def run_eval(flags: list[str], output: Path) -> dict:
+    """One superseg-eval run; its metrics.json."""
+    code = eval_main(flags + ["--output", str(output)])
     if code != 0:
-        raise SystemExit(f"model_card: superseg-eval on {images} exited {code}")
-    record = json.loads((output / "metrics.json").read_text())
+        raise SystemExit(f"model_card: superseg-eval {' '.join(flags)} exited {code}")
+    return json.loads((output / "metrics.json").read_text())
+
+
+def pair_flags(args, model: str, kind: str, folder: str) -> list[str]:
+    """superseg-eval flags of one keypoint run: HPatches pairs or generated pairs of a folder."""
+    flags = ["--model", model, "--max-keypoints", str(args.max_keypoints), "--seed",
+             str(args.seed), "--baselines", "sift,orb", "--ablations", "subpixel"]
+    if kind == "hpatches":
+        return flags + ["--hpatches", folder]
+    return flags + ["--images", folder, "--pairs", str(args.pairs)]
+
+
+def describe_pairs(args, kind: str, folder: str, record: dict, output: Path) -> str:
     config = record.get("config", {})
-    dataset = config.get("dataset", config)
     sizes = config.get("resolution", {})
     size_text = ""
     if sizes.get("image_a_min_hw"):
         (h0, w0), (h1, w1) = sizes["image_a_min_hw"], sizes["image_a_max_hw"]
         size_text = f", images from {h0}x{w0} to {h1}x{w1} (height x width)"
-    text = (f"{markdown_table(record['summaries'])}\n\nPairs: {args.pairs} generated from "
-            f"`{images}`{size_text} (seed {args.seed}; homography ranges and sampling rule in "
-            f"`{relative(output)}/config.json`: {json.dumps(dataset.get('homography', ''))}), "
-            f"{args.max_keypoints} keypoints per image.\n")
-    return text, quality_targets(record["summaries"])
+    n = len(record.get("pairs", [])) or "?"
+    if kind == "hpatches":
+        return (f"Pairs: {n} real HPatches pairs (image 1 to images 2-6 of each sequence, "
+                f"ground-truth homographies) from `{folder}`{size_text}, "
+                f"{args.max_keypoints} keypoints per image.\n")
+    dataset = config.get("dataset", config)
+    return (f"Pairs: {args.pairs} generated from `{folder}`{size_text} (seed {args.seed}; "
+            f"homography ranges and sampling rule in `{relative(output)}/config.json`: "
+            f"{json.dumps(dataset.get('homography', ''))}), {args.max_keypoints} keypoints "
+            "per image.\n")
+
+
+BEFORE_AFTER = (("repeatability@3px", "repeatability@3px", True),
+                ("localization_error", "localisation error (px)", False),
+                ("homography_accuracy@1px", "H accuracy@1px", True),
+                ("homography_accuracy@3px", "H accuracy@3px", True),
+                ("homography_accuracy@5px", "H accuracy@5px", True),
+                ("homography_auc@3px", "H AUC@3px", True),
+                ("mma@3px", "MMA@3px", True),
+                ("nn_map", "NN mAP", True),
+                ("matching_score", "matching score", True))
+
+
+def summary_value(summary: dict, key: str):
+    if key.startswith("mma@"):  # the MMA curve is stored per threshold
+        return summary.get("mma", {}).get(key[4:-2])
+    return summary.get(key)
+
+
+def before_after(name: str, before: dict, after: dict) -> str:
+    """The previous model against this one on the same pairs; 'better' follows each metric's
+    direction (lower localisation error is better)."""
+    lines = [f"On {name}:", "", "| metric | before | after | better |", "|---|--:|--:|:-:|"]
+    for key, label, higher in BEFORE_AFTER:
+        a, b = summary_value(before["superseg"], key), summary_value(after["superseg"], key)
+        if a is None or b is None:
+            continue
+        better = "=" if abs(a - b) < 5e-4 else ("yes" if (b > a) == higher else "no")
+        lines.append(f"| {label} | {a:.3f} | {b:.3f} | {better} |")
+    return "\n".join(lines) + "\n"
+
+
+SEGMENTATION_TARGETS = (  # issue 11, on held-out labelled street frames
+    ("4-group mIoU >= 0.75", lambda r: r["groups"]["miou"], 0.75),
+    ("dynamic-object IoU >= 0.55", lambda r: r["groups"]["iou"]["dynamic_object"], 0.55),
+    ("keypoints on dynamic objects removed >= 80 %", lambda r: r["dynamic_removed_share"], 0.80),
+    ("keypoints on static/flat kept >= 90 %", lambda r: r["static_flat_kept_share"], 0.90),
+    ("moonshot: 4-group mIoU >= 0.85", lambda r: r["groups"]["miou"], 0.85),
+    ("moonshot: keypoints on dynamic objects removed >= 90 %",
+     lambda r: r["dynamic_removed_share"], 0.90),
+)
+
+
+def segmentation_record(record: dict, output: Path, root: str, split: str) -> str:
+    """The segmentation and keypoint-filter tables of a superseg-eval --segmentation run, and
+    the targets checked on them."""
+    seg, filt = record["segmentation"], record["keypoint_filter"]
+    config = record["config"]
+    values = {**seg, **filt["shares"]}
+    lines = [f"On `{root}` split `{split}` ({config['evaluated']} frames at their own "
+             f"resolution, {config.get('max_keypoints')} keypoints per frame; never trained "
+             "on, used for model selection):", "", "Stability groups (predicted group = group of "
+             "the argmax class):", ""]
+    lines += markdown(["group", "IoU"], iou_rows(seg["groups"]))
+    if seg["classes"] is not None:
+        lines += ["", "Classes:", ""] + markdown(["class", "IoU"], iou_rows(seg["classes"]))
+    lines += ["", "The keypoint filter (every detected keypoint, with the filter's verdict):", ""]
+    lines += markdown(["keypoints", "count", "share"], filter_rows(filt["counts"],
+                                                                   filt["shares"]))
+    lines += ["", "| target | measured | met |", "|---|--:|:-:|"]
+    for name, value_of, bound in SEGMENTATION_TARGETS:
+        value = value_of(values)
+        lines.append(f"| {name} | {value:.3f} | {'yes' if value >= bound else 'NO'} |")
+    lines += ["", f"Full output (confusion matrices, plots, overlays): `{relative(output)}`."]
+    return "\n".join(lines) + "\n"
 
 
 def relative(path) -> str:
@@ -163,35 +249,70 @@ def relative(path) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(ROOT / "models" / "superseg.pt"))
-    p.add_argument("--images", required=True, action="append",
+    p.add_argument("--reference-model",
+                   help="the previous model, evaluated on the same pairs (before/after table)")
+    p.add_argument("--hpatches", help="HPatches-format sequences (real pairs)")
+    p.add_argument("--images", action="append", default=[],
                    help="held-out image folder (repeat for several resolutions)")
+    p.add_argument("--segmentation", help="labelled frames for superseg-eval --segmentation")
+    p.add_argument("--dataset", default="camvid", help="layout of --segmentation")
+    p.add_argument("--segmentation-split", default="val")
     p.add_argument("--pairs", type=int, default=41)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-keypoints", type=int, default=1000)
     p.add_argument("--output", default=str(ROOT / "runs" / "model_card_eval"),
-                   help="superseg-eval output; one subfolder per --images folder")
+                   help="superseg-eval output; one subfolder per evaluation")
     p.add_argument("--split", default=str(ROOT / "runs" / "data" / "split.json"),
                    help="split.json written by tools/prepare_images.py")
     args = p.parse_args(argv)
+    if not args.images and not args.hpatches:
+        p.error("give --hpatches and/or --images")
     same_split(Path(args.split), args.images)
-    evaluations, targets = [], []
-    for images in args.images:
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", relative(images)).strip("_")
-        text, checks = evaluate(args, images, Path(args.output) / name)
-        evaluations.append(f"### `{images}`\n\n{text}")
-        targets.append(f"On `{images}`:\n\n{checks}")
+    output = Path(args.output)
+    evaluations, targets, comparisons = [], [], []
+    runs = ([("hpatches", args.hpatches)] if args.hpatches else []) + \
+        [("images", folder) for folder in args.images]
+    for kind, folder in runs:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", relative(folder)).strip("_")
+        record = run_eval(pair_flags(args, args.model, kind, folder), output / name)
+        title = f"real HPatches pairs `{folder}`" if kind == "hpatches" \
+            else f"generated pairs from `{folder}`"
+        evaluations.append(f"### {title}\n\n{markdown_table(record['summaries'])}\n\n"
+                           f"{describe_pairs(args, kind, folder, record, output / name)}")
+        targets.append(f"On {title}:\n\n{quality_targets(record['summaries'])}")
+        if args.reference_model:
+            before = run_eval(pair_flags(args, args.reference_model, kind, folder),
+                              output / f"{name}_reference")
+            comparisons.append(before_after(title, before["summaries"], record["summaries"]))
     command = " ".join(["python tools/model_card.py", "--model", relative(args.model)]
+                       + ([f"--hpatches {args.hpatches}"] if args.hpatches else [])
                        + [f"--images {i}" for i in args.images]
                        + [f"--pairs {args.pairs} --seed {args.seed} "
-                          f"--max-keypoints {args.max_keypoints}"])
+                          f"--max-keypoints {args.max_keypoints}"]
+                       + ([f"--segmentation {args.segmentation} --dataset {args.dataset}"]
+                          if args.segmentation else [])
+                       + ([f"--reference-model {relative(args.reference_model)}"]
+                          if args.reference_model else []))
     text = CARD.read_text()
     text = replace_block(text, "evaluation", "\n".join(evaluations)
                          + f"\nRegenerate with `{command}`.\n")
     text = replace_block(text, "data", data_record(Path(args.split)))
     text = replace_block(text, "targets", "\n".join(targets))
+    if comparisons:
+        text = replace_block(text, "before_after",
+                             f"Before: `{relative(args.reference_model)}`; after: "
+                             f"`{relative(args.model)}`; same pairs, same keypoint budget.\n\n"
+                             + "\n".join(comparisons))
+    if args.segmentation:
+        seg_output = output / f"segmentation_{args.dataset}_{args.segmentation_split}"
+        record = run_eval(["--model", args.model, "--segmentation", args.segmentation,
+                           "--dataset", args.dataset, "--split", args.segmentation_split,
+                           "--max-keypoints", str(args.max_keypoints)], seg_output)
+        text = replace_block(text, "segmentation", segmentation_record(
+            record, seg_output, args.segmentation, args.segmentation_split))
     text = replace_block(text, "training", training_record(load_model(args.model)))
     CARD.write_text(text)
-    print("\n".join(evaluations))
+    print("\n".join(evaluations + comparisons))
     return 0
 
 

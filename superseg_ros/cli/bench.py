@@ -1,10 +1,11 @@
 """superseg-bench: end-to-end speed of the models users run, per architecture, backend and size.
 
 Rows, all in one process and one run so that their ratios hold:
-    reference  the old shipped architecture (`dilated`, the bundled models/superseg.pt) in torch
-               eager, the row every speed-up is measured against (same size)
-    lean       the default architecture (`SuperSegmentation()`), random weights unless --model is
-               a lean checkpoint, in every requested backend
+    reference  the architecture models/superseg.pt had until the lean default shipped (`dilated`,
+               REFERENCE_CONFIG, random weights: speed does not depend on them) in torch eager,
+               the row every speed-up is measured against (same size)
+    lean       the default architecture: the bundled model without --model, else random
+               weights unless --model is a lean checkpoint, in every requested backend
     --model    in every requested backend, when it is neither of the above
 
 Each row times the Extractor's three steps on one synthetic scene (demo.render_scene):
@@ -39,6 +40,10 @@ DEFAULT_BACKENDS = ["torch", "onnxruntime"]
 DEFAULT_SIZES = ["480x640", "240x320"]
 STAGES = ("preprocess", "network", "postprocess")
 RANDOM_WEIGHTS = "random weights (timing only)"
+# the shipped model's architecture before the lean default (models/superseg.pt until issue 11)
+REFERENCE_CONFIG = {"preset": "dilated", "encoder_width": 32, "head_channels": 128,
+                    "aspp_channels": 128, "decoder_channels": 128}
+REFERENCE_WEIGHTS = "random weights (the model shipped before the lean default)"
 # Every row does the same work: every head runs (the semantic filter forced on, as with a model
 # whose semantic head is trained), and every row post-processes the full keypoint budget
 # (threshold 0, rejected keypoints kept), whatever its weights (random or untrained heads would
@@ -100,6 +105,11 @@ class Row:
     keypoints: dict = field(default_factory=dict)
 
 
+def architecture(model) -> dict:
+    """The config that decides speed (the number of classes barely changes it)."""
+    return {k: v for k, v in model.config.items() if k != "num_classes"}
+
+
 def plan_rows(spec: str | None, backends: list[str]) -> list[Row]:
     """The reference row, the lean rows and the --model rows (see the module's docstring)."""
     import torch
@@ -107,19 +117,19 @@ def plan_rows(spec: str | None, backends: list[str]) -> list[Row]:
     from ..checkpoint import bundled_model_path, open_model
     from ..network import SuperSegmentation
 
-    reference, reference_name = open_model(None)
-    rows = [Row(f"{reference.config['preset']} (reference)", f"bundled {reference_name}",
-                "torch", reference, reference=True)]
-    is_bundled = spec is None or (spec != "random" and bundled_model_path() is not None
-                                  and Path(spec).resolve() == bundled_model_path().resolve())
-    model, name = (reference, reference_name) if is_bundled else open_model(spec)
-    weights = RANDOM_WEIGHTS if spec == "random" else name
     torch.manual_seed(0)
+    reference = SuperSegmentation(REFERENCE_CONFIG).eval()
+    rows = [Row("dilated (reference)", REFERENCE_WEIGHTS, "torch", reference, reference=True)]
     lean, lean_weights = SuperSegmentation().eval(), RANDOM_WEIGHTS
-    if not is_bundled and model.config == lean.config:  # the lean default itself: time it
+    bundled = bundled_model_path()
+    is_bundled = spec is None or (spec != "random" and bundled is not None
+                                  and Path(spec).resolve() == bundled.resolve())
+    model, name = open_model(None if is_bundled else spec)
+    weights = RANDOM_WEIGHTS if spec == "random" else (f"bundled {name}" if is_bundled else name)
+    if architecture(model) == architecture(lean):  # the lean default (bundled or given)
         lean, lean_weights = model, weights
     rows += [Row(lean.config["preset"], lean_weights, b, lean) for b in backends]
-    if not is_bundled and model is not lean:
+    if model is not lean:
         rows += [Row(model.config["preset"], weights, b, model) for b in backends]
     return rows
 

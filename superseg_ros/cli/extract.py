@@ -4,6 +4,11 @@ Writes per image <stem>.npz with keypoints (N, 2 float32 x, y), scores, descript
 norm), labels, groups (uint8, 255 = semantics off), stable (bool); with --overlay also
 <stem>_overlay.png and, when the semantic filter ran, <stem>_mask.png (255 = stable) and
 <stem>_groups.png.
+
+--dense adds per-pixel maps at input resolution to each npz: group_map (H, W uint8, the
+stability group of the argmax class of the class probabilities upsampled bilinearly) and
+stable_prob (H, W float16, P(stable groups)). It needs the semantic filter (a trained semantic
+head, semantic_filter auto or on); without it the tool exits with code 2.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ def parse_args(argv):
                    help="keep keypoints on unstable regions, flagged stable=False")
     p.add_argument("--no-subpixel", action="store_true", help="keep NMS peaks on the pixel grid")
     p.add_argument("--overlay", action="store_true", help="also write overlay and mask PNGs")
+    p.add_argument("--dense", action="store_true",
+                   help="also write group_map (uint8) and stable_prob (float16), per pixel at "
+                        "input resolution, to each npz (needs a trained semantic head)")
     return p.parse_args(argv)
 
 
@@ -82,11 +90,24 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def dense_unavailable(extractor: Extractor, model_name: str) -> str:
+    """Why --dense cannot run (the semantic filter is off) and what to do instead."""
+    if extractor.config["semantic_filter"] == "off":
+        return ("--dense needs the semantic filter, but extractor.semantic_filter is off in "
+                "--config; set it to auto or on, or drop --dense")
+    return (f"--dense needs the semantic filter, but {model_name}'s semantic head was never "
+            "trained; pass --model a checkpoint of the labelled stage (training/README.md), or "
+            "drop --dense")
+
+
 def write_results(out_dir: Path, stem: str, image: np.ndarray, result: dict, model_name: str,
-                  overlay: bool) -> None:
-    np.savez(out_dir / f"{stem}.npz", **{k: result[k] for k in (
-        "keypoints", "scores", "descriptors", "labels", "groups", "stable")},
-        model=np.array(model_name))
+                  overlay: bool, dense: bool = False) -> None:
+    arrays = {k: result[k] for k in (
+        "keypoints", "scores", "descriptors", "labels", "groups", "stable")}
+    if dense:  # float16: a probability map needs no more, and it halves the file
+        arrays.update(group_map=result["group_map"].astype(np.uint8),
+                      stable_prob=result["stable_prob"].astype(np.float16))
+    np.savez(out_dir / f"{stem}.npz", **arrays, model=np.array(model_name))
     if not overlay:
         return
     mask = result.get("stability_mask")
@@ -105,7 +126,10 @@ def main(argv=None) -> int:
     try:
         images = list_images(args.input)
         model, model_name = open_model(args.model)
-        extractor = Extractor(model, extractor_config(args), device=args.device)
+        extractor = Extractor(model, extractor_config(args), device=args.device,
+                              dense=args.dense)
+        if args.dense and not extractor.semantic_active:
+            raise ConfigError(dense_unavailable(extractor, model_name))
     except (CheckpointError, ConfigError) as exc:
         print(f"superseg-extract: error: {exc}", file=sys.stderr)
         return 2
@@ -124,7 +148,8 @@ def main(argv=None) -> int:
         except ValueError as exc:  # one bad file must not cost the others
             failed.append(f"{path.name}: {exc}")
             continue
-        write_results(args.output, path.stem, image, result, model_name, args.overlay)
+        write_results(args.output, path.stem, image, result, model_name, args.overlay,
+                      args.dense)
         counts.append(len(result["keypoints"]))
     done = len(images) - len(failed)
     mean = f", {np.mean(counts):.0f} keypoints/image" if counts else ""

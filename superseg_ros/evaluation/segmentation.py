@@ -1,13 +1,25 @@
-"""Segmentation and keypoint-filter metrics against labelled frames.
+"""Segmentation and keypoint-filter metrics against labelled frames, and the run and report of
+superseg-eval --segmentation.
 
-Shared by the labelled training stage's validation and superseg-eval --segmentation.
+The metric functions (confusion_matrix .. keypoint_filter_summary) are plain numpy and shared
+with the labelled training stage's validation.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import json
+from pathlib import Path
 
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ..config import ConfigError
+from ..fileio import write_atomically
 from ..semantics import DYNAMIC, FLAT, GROUPS, IGNORE, STATIC, UNSTABLE
+from ..visualize import GROUP_COLOURS, UNKNOWN_COLOUR, draw_keypoints
+from .datasets import DatasetError
+from .report import jsonable, title_band, write_overlay
 
 
 def confusion_matrix(predicted, target, num_classes: int, ignore: int = IGNORE) -> np.ndarray:
@@ -117,3 +129,249 @@ def keypoint_filter_summary(counts: dict) -> dict:
             "dynamic_removed_share": share("dynamic_removed", "on_dynamic"),
             "static_flat_kept_share": share("static_flat_kept", "on_static_flat"),
             "unstable_removed_share": share("unstable_removed", "on_unstable")}
+
+
+# --- superseg-eval --segmentation: the run ------------------------------------------------------
+
+
+def labelled_frames(root: Path, dataset: str, split: str):
+    """CamVidFrames / CityscapesFrames of `split` with 'classes' and 'groups4' labels; a
+    DatasetError says which layout was expected and what is missing."""
+    from ..training.labelled_data import frames_reader, labelled_data_config  # training's deps
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"--segmentation {root}: no such folder")
+    try:
+        frames = frames_reader(labelled_data_config({"dataset": dataset, "root": str(root)}),
+                               split, ["classes", "groups4"])
+    except ConfigError as exc:  # the reader's own message, without the training-config prefix
+        raise DatasetError(f"--segmentation {root} is not a {dataset} folder: "
+                           f"{exc.__cause__ or exc} (is --dataset right?)") from None
+    if not frames.labelled:
+        raise DatasetError(f"--segmentation {root}: split {split!r} has no labels "
+                           f"({root / 'gtFine' / split} does not exist)")
+    return frames
+
+
+def evaluate_segmentation(frames, extractor, class_names, out_dir: Path,
+                          n_overlays: int = 8, desc: str = "frames") -> dict:
+    """Every frame through `extractor` (dense, keep_unstable, semantic filter on). `class_names`:
+    the dataset's classes when they are the model's (then the class confusion is accumulated
+    too), else None. Returns the report, summed and per-frame filter counts, and the frames
+    that could not be read (each costs itself, not the run)."""
+    groups = np.zeros((len(GROUPS), len(GROUPS)), np.int64)
+    classes = None if class_names is None else \
+        np.zeros((len(class_names), len(class_names)), np.int64)
+    rows, failures = [], []
+    for index in tqdm(range(len(frames)), desc=desc, unit="frame", disable=len(frames) < 2):
+        try:
+            frame = frames[index]
+        except ValueError as exc:  # an unreadable image or label file (the message names it)
+            failures.append(str(exc))
+            continue
+        result = extractor(frame["image"]).unbatch()[0]
+        truth = frame["labels"]["groups4"]
+        frame_groups = confusion_matrix(result["group_map"], truth, len(GROUPS))
+        groups += frame_groups
+        if classes is not None:
+            classes += confusion_matrix(result["class_map"], frame["labels"]["classes"],
+                                        len(class_names))
+        counts = keypoint_filter_counts(result["keypoints"], result["stable"], truth)
+        rows.append({"name": frame["name"], "group_miou": intersection_over_union(frame_groups)[0],
+                     **counts})
+        if len(rows) <= n_overlays:
+            write_overlay(out_dir / "overlays" / f"{frame['name']}.png",
+                          segmentation_overlay(frame["image"], result, truth, frame["name"]))
+    counts = sum_counts(rows)
+    return {"report": segmentation_report(classes, groups, class_names),
+            "counts": counts, "shares": keypoint_filter_summary(counts), "frames": rows,
+            "failures": failures}
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def segmentation_overlay(image: np.ndarray, result: dict, truth: np.ndarray,
+                         name: str) -> np.ndarray:
+    """BGR: left = predicted groups blended with the image, kept keypoints green and removed
+    ones red; right = ground-truth groups (ignore black) blended with the image; a title band
+    above, a colour legend below."""
+    left = draw_keypoints(image, result["keypoints"], result["stable"],
+                          group_map=result["group_map"])
+    right = draw_keypoints(image, np.zeros((0, 2)), np.zeros(0, bool), group_map=truth)
+    canvas = np.hstack([left, right])
+    kept = int(np.sum(result["stable"]))
+    title = (f"{name} | left: predicted groups, {kept} kept (green) and "
+             f"{len(result['stable']) - kept} removed (red) keypoints | "
+             "right: ground-truth groups (black = ignore)")
+    return np.vstack([title_band(canvas.shape[1], title), canvas, legend_band(canvas.shape[1])])
+
+
+def legend_band(width: int) -> np.ndarray:
+    """Group colour swatches and names, wrapped to `width` (grey band: 'ignore' is black)."""
+    font, scale, box, gap = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 10, 6
+    items = [(name, GROUP_COLOURS[i]) for i, name in enumerate(GROUPS)] + \
+        [("ignore", UNKNOWN_COLOUR)]
+    (_, h), base = cv2.getTextSize("Ag", font, scale, 1)
+    step = max(box, h + base) + gap
+    places, x, y = [], gap, gap
+    for name, colour in items:  # flow layout: a new line when the next item does not fit
+        item_width = box + 4 + cv2.getTextSize(name, font, scale, 1)[0][0]
+        if x > gap and x + item_width > width - gap:
+            x, y = gap, y + step
+        places.append((name, colour, x, y))
+        x += item_width + 2 * gap
+    band = np.full((y + step, width, 3), 60, np.uint8)
+    for name, colour, x, y in places:
+        cv2.rectangle(band, (x, y), (x + box - 1, y + box - 1), tuple(int(c) for c in colour), -1)
+        cv2.putText(band, name, (x + box + 4, y + box - 1), font, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return band
+
+
+def _number(value, fmt: str = "{:.3f}") -> str:
+    return "-" if value is None or not np.isfinite(value) else fmt.format(value)
+
+
+def iou_rows(level: dict) -> list[list[str]]:
+    """[name, IoU] per class or group, then mIoU and pixel accuracy."""
+    return [[name, _number(v)] for name, v in level["iou"].items()] + \
+        [["mIoU", _number(level["miou"])], ["pixel accuracy", _number(level["pixel_accuracy"])]]
+
+
+FILTER_ROWS = (  # (label, count key, share key)
+    ("detected (filter off)", "total", None),
+    ("on dynamic objects", "on_dynamic", "dynamic_share_filter_off"),
+    ("  removed by the filter", "dynamic_removed", "dynamic_removed_share"),
+    ("on static structure or flat surface", "on_static_flat", None),
+    ("  kept by the filter", "static_flat_kept", "static_flat_kept_share"),
+    ("on unstable/ambiguous", "on_unstable", None),
+    ("  removed by the filter", "unstable_removed", "unstable_removed_share"),
+    ("on ignore pixels", "on_ignore", None),
+)
+FILTER_LEGEND = ("Ground-truth group at each keypoint's nearest pixel; every detected keypoint is "
+                 "counted (the filter-off set) and the filter's verdict read from `stable`. "
+                 "Shares: on dynamic / detected; removed / on dynamic; kept / on static or flat; "
+                 "removed / on unstable. Keypoints on ignore pixels count in 'detected' only")
+
+
+def filter_rows(counts: dict, shares: dict) -> list[list[str]]:
+    return [[label, str(counts[key]), _number(shares[share]) if share else ""]
+            for label, key, share in FILTER_ROWS]
+
+
+def align(header: list[str], rows: list[list[str]]) -> str:
+    """Plain-text table: first column left, the others right-aligned."""
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join([r[0].ljust(widths[0])] +
+                               [c.rjust(w) for c, w in zip(r[1:], widths[1:])]).rstrip()
+                     for r in [header] + rows)
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |",
+            "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"] + \
+        ["| " + " | ".join(c.replace("  ", "&nbsp;&nbsp;") for c in r) + " |" for r in rows]
+
+
+def format_summary(record: dict) -> str:
+    """The stdout table: per-group IoU, the class mIoU (or why there is none), the filter."""
+    report = record["segmentation"]
+    lines = [align(["group", "IoU"], iou_rows(report["groups"])), ""]
+    if report["classes"] is not None:
+        lines.append(f"class mIoU {_number(report['classes']['miou'])} "
+                     f"({len(report['classes']['iou'])} classes; per class in metrics.md)")
+    else:
+        lines.append(record["class_note"])
+    filt = record["keypoint_filter"]
+    lines += ["", align(["keypoint filter", "keypoints", "share"],
+                        filter_rows(filt["counts"], filt["shares"]))]
+    return "\n".join(lines)
+
+
+def write_segmentation_markdown(path: Path, record: dict, plots: list[str]) -> Path:
+    config, report = record["config"], record["segmentation"]
+    groups = report["groups"]
+    lines = ["# superseg-eval: segmentation and the keypoint filter", "",
+             f"{config['dataset']} `{config['split']}`, {config['evaluated']} frames, model "
+             f"`{config['model']}`.", "", "## Per-group IoU", ""]
+    lines += markdown(["group", "IoU"], iou_rows(groups))
+    lines += ["", f"Predicted group = group of the argmax class; {groups['pixels']} labelled "
+              "pixels (ignore excluded).", "", "## Per-class IoU", ""]
+    lines += markdown(["class", "IoU"], iou_rows(report["classes"])) \
+        if report["classes"] is not None else [record["class_note"]]
+    lines += ["", "## Keypoint filter", ""]
+    lines += markdown(["keypoints", "count", "share"],
+                      filter_rows(record["keypoint_filter"]["counts"],
+                                  record["keypoint_filter"]["shares"]))
+    lines += ["", FILTER_LEGEND + ".", "",
+              "## Group confusion (pixels; rows = label, columns = prediction)", ""]
+    lines += markdown(["label \\ predicted"] + list(GROUPS),
+                      [[g] + [str(v) for v in row]
+                       for g, row in zip(GROUPS, groups["confusion"])])
+    lines += ["", "## Setup", ""] + [f"- **{k}**: `{json.dumps(jsonable(v))}`"
+                                     for k, v in config.items()]
+    if record.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in record["notes"]]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    text = "\n".join(lines) + "\n"
+    return write_atomically(path, lambda f: f.write(text.encode()))
+
+
+def write_segmentation_plots(out_dir: Path, report: dict) -> tuple[list[Path], str | None]:
+    """group_confusion.png (row-normalised, with the numbers), group_iou.png and, with class
+    metrics, class_iou.png; (files, note if skipped)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # files only, no display
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], "plots skipped: matplotlib is not installed (pip install matplotlib)"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [_confusion_plot(plt, out_dir / "group_confusion.png", report["groups"]["confusion"]),
+               _iou_plot(plt, out_dir / "group_iou.png", report["groups"], "Per-group IoU")]
+    if report["classes"] is not None:
+        written.append(_iou_plot(plt, out_dir / "class_iou.png", report["classes"],
+                                 "Per-class IoU"))
+    return written, None
+
+
+def _confusion_plot(plt, path: Path, confusion) -> Path:
+    confusion = np.asarray(confusion, np.float64)
+    rows = confusion.sum(1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(rows > 0, confusion / rows, np.nan)  # a label absent from the data: NaN
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    names = [g.replace("_", "\n") for g in GROUPS]
+    ax.set_xticks(range(len(GROUPS)), names, fontsize=8)
+    ax.set_yticks(range(len(GROUPS)), names, fontsize=8)
+    for (i, j), value in np.ndenumerate(share):
+        ax.text(j, i, "-" if np.isnan(value) else f"{value:.2f}", ha="center", va="center",
+                color="white" if value > 0.6 else "black")
+    ax.set(title="Group confusion (each row sums to 1)", xlabel="predicted group",
+           ylabel="ground-truth group")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _iou_plot(plt, path: Path, level: dict, title: str) -> Path:
+    names, values = list(level["iou"]), np.array(list(level["iou"].values()), np.float64)
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(names) + 2), 4), dpi=100)
+    ax.bar(range(len(names)), np.nan_to_num(values), color="tab:blue")
+    for i, value in enumerate(values):  # 'none': in neither label nor prediction (not 0)
+        ax.text(i, (0 if np.isnan(value) else value) + 0.01, _number(value, "{:.2f}")
+                .replace("-", "none"), ha="center", va="bottom", fontsize=7)
+    if np.isfinite(level["miou"]):
+        ax.axhline(level["miou"], color="tab:red", lw=1, label=f"mIoU {level['miou']:.3f}")
+        ax.legend(fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set(title=title, ylabel="IoU", ylim=(0, 1.05))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

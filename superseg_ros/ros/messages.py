@@ -41,11 +41,14 @@ def descriptors_msg(result: FrameResult, header):
                        data=as_array(result.descriptors, "f"))
 
 
-def stability_mask_msg(result: FrameResult, header, group_names, stable_groups, threshold):
+def stability_mask_msg(result: FrameResult, header, semantics: dict, stable_groups, threshold):
+    """`semantics`: the model's class table (classes, groups, class_to_group)."""
     from superseg_msgs.msg import StabilityMask
 
     return StabilityMask(header=header, mask=mask_image(result, header),
-                         group_names=list(group_names),
+                         group_names=list(semantics["groups"]),
+                         class_names=list(semantics["classes"]),
+                         class_groups=as_array(semantics["class_to_group"], "B"),
                          stable_groups=as_array(stable_groups, "B"),
                          threshold=float(threshold))
 

@@ -245,7 +245,7 @@ class SuperSegNode(Node):
         if result.stability_mask is not None:
             if publish["stability_mask"]:
                 yield "stability_mask", lambda: messages.stability_mask_msg(
-                    result, header, extractor.model.semantics["groups"],
+                    result, header, extractor.model.semantics,
                     extractor.stable_ids, extractor.config["mask_threshold"])
             if publish["mask_image"]:
                 yield "mask_image", lambda: messages.mask_image(result, header)
