@@ -162,3 +162,21 @@ def test_require_loopback_refuses_unsafe_environments(tmp_path):
                    {**safe, "FASTDDS_DEFAULT_PROFILES_FILE": str(tmp_path / "missing.xml")}):
         with pytest.raises(RuntimeError, match="loopback"):
             require_loopback(unsafe)
+
+
+def test_stability_mask_carries_the_models_class_table():
+    """A CamVid-trained model publishes CamVid's class names and their groups, so a subscriber
+    can read Keypoints.class_id without knowing which dataset the model learned."""
+    from types import SimpleNamespace
+
+    from superseg_ros.ros.messages import stability_mask_msg
+    from superseg_ros.semantics import semantics_for
+    from std_msgs.msg import Header
+
+    table = semantics_for("classes", "camvid")
+    result = SimpleNamespace(stability_mask=np.ones((4, 6), bool))
+    msg = stability_mask_msg(result, Header(frame_id="cam"), table, [0, 1], 0.5)
+    assert list(msg.class_names) == table["classes"] and msg.class_names[8] == "Car"
+    assert list(msg.class_groups) == table["class_to_group"] and msg.class_groups[8] == 2
+    assert list(msg.group_names) == table["groups"] and list(msg.stable_groups) == [0, 1]
+    assert (msg.mask.height, msg.mask.width) == (4, 6)
