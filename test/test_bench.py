@@ -35,11 +35,14 @@ def test_schedule_runs_every_row_and_size_once_per_repeat_in_a_rotating_order():
 
 
 def test_rows_for_the_bundled_model_are_the_reference_and_the_lean_default():
+    """The bundled model is the lean default: it is timed itself, against the dilated
+    architecture it replaced (random weights: speed does not depend on them)."""
     rows = bench.plan_rows(None, ["torch", "onnxruntime"])
     assert [(r.architecture, r.backend, r.reference) for r in rows] == [
         ("dilated (reference)", "torch", True), ("lean", "torch", False),
         ("lean", "onnxruntime", False)]
-    assert rows[1].weights == bench.RANDOM_WEIGHTS
+    assert rows[0].weights == bench.REFERENCE_WEIGHTS
+    assert rows[1].weights.startswith("bundled superseg.pt")
     # 'random' is the lean default architecture itself: no third set of rows
     assert len(bench.plan_rows("random", ["torch"])) == 2
 
@@ -60,7 +63,7 @@ def test_bench_on_a_tiny_model_gives_every_row_and_the_same_json(tmp_path, monke
     keys = [(r["architecture"], r["weights"], r["backend"], tuple(r["size"])) for r in rows]
     expected = [(arch, weights, backend, size) for size in SIZES
                 for arch, weights, backend in
-                [("dilated (reference)", "bundled superseg.pt (resnet18)", "torch")]
+                [("dilated (reference)", bench.REFERENCE_WEIGHTS, "torch")]
                 + [("lean", bench.RANDOM_WEIGHTS, b) for b in ("torch", "openvino")]
                 + [("lean", "tiny.pt (vgg)", b) for b in ("torch", "openvino")]]
     assert keys == expected

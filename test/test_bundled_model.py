@@ -1,10 +1,13 @@
-"""The model that ships in models/: loadable, small, honest about its untrained semantic head."""
+"""The model that ships in models/: loadable, small, its semantic filter on and working."""
 
 import numpy as np
 import pytest
+import torch
 
 from superseg_ros.checkpoint import bundled_model_path, open_model
+from superseg_ros.demo import render_scene
 from superseg_ros.extractor import Extractor
+from superseg_ros.semantics import STATIC, semantics_for
 from superseg_ros.training.synthetic_shapes import SyntheticShapes
 
 BUNDLED = bundled_model_path()
@@ -15,31 +18,60 @@ def test_bundled_model_is_small_and_loads_by_default():
     assert BUNDLED.stat().st_size < 30 * 2**20
     model, name = open_model(None)
     assert name.startswith("superseg.pt")
-    assert model.config["preset"] == "dilated"  # written before presets: the old architecture
-    assert model.trained_heads == {"detector": True, "descriptor": True, "semantic": False,
+    assert model.config["preset"] == "lean"
+    assert model.trained_heads == {"detector": True, "descriptor": True, "semantic": True,
                                    "subpixel": True}
-    # the file says how it was made: stage 1, then stage 2 twice (relabelled by its own first
-    # round), with the config of each run
+    # a CamVid-trained model carries CamVid's class table (what the node publishes)
+    assert model.semantics == semantics_for("classes", "camvid")
+    # the file says how it was made: stage 1, stage 2, stage 3 on CamVid, with each run's config
     runs = model.meta["history"] + [model.meta]
-    assert [m["stage"] for m in runs] == ["magicpoint", "joint", "joint"]
+    assert [m["stage"] for m in runs] == ["magicpoint", "joint", "labelled"]
     assert [m["config"]["name"] for m in runs] == ["magicpoint_cpu", "joint_cpu_round1",
-                                                   "joint_cpu_relabel_round1"]
+                                                   "camvid_cpu_round1"]
+    assert runs[-1]["config"]["data"]["dataset"] == "camvid"
 
 
-def test_bundled_model_runs_without_the_semantic_filter_and_says_so():
+def forced_classes(model, left: str, right: str):
+    """A forward hook on the semantic head: class `left` wins on the left half of the image,
+    `right` on the right half, whatever the image shows. Returns the hook's handle."""
+    names = model.semantics["classes"]
+
+    def hook(module, inputs, logits):
+        forced = torch.full_like(logits, -20.0)
+        half = logits.shape[-1] // 2
+        forced[:, names.index(left), :, :half] = 20.0
+        forced[:, names.index(right), :, half:] = 20.0
+        return forced
+
+    return model.semantic.register_forward_hook(hook)
+
+
+def test_bundled_model_filter_is_on_and_removes_keypoints_on_forced_dynamic_pixels():
     model, _ = open_model(None)
-    extractor = Extractor(model, {"max_keypoints": 200}, device="cpu")
-    assert not extractor.semantic_active
-    assert "semantic head is untrained" in extractor.semantic_note
-    image = SyntheticShapes({"height": 120, "width": 160}, seed=1).sample(3).image
-    features = extractor(np.repeat(image[..., None], 3, axis=2)).unbatch()[0]
-    assert len(features["keypoints"]) > 0
-    assert (features["groups"] == 255).all()
+    image = render_scene(240, 320, seed=3)
+    extractor = Extractor(model, {"max_keypoints": 500}, device="cpu")
+    assert extractor.semantic_active and extractor.semantic_note is None  # auto -> on
+    handle = forced_classes(model, "Car", "Building")
+    try:
+        on = extractor(image).unbatch()[0]
+        off = Extractor(model, {"max_keypoints": 500, "semantic_filter": "off"},
+                        device="cpu")(image).unbatch()[0]
+    finally:
+        handle.remove()
+    left = off["keypoints"][:, 0] < 160 - 8
+    assert left.sum() >= 10, "the filter-off run finds keypoints on the left half"
+    # on: nothing kept on the forced-dynamic half, the rejected ones are there, and the kept
+    # ones are static (Building) and stable
+    assert len(on["keypoints"]) > 0 and (on["keypoints"][:, 0] >= 160 - 4).all()
+    assert len(on["rejected_keypoints"]) >= left.sum() * 0.9
+    assert (on["rejected_keypoints"][:, 0] < 160 + 4).all()
+    assert (on["groups"] == STATIC).all() and on["stable"].all()
+    assert on["stability_mask"][:, :150].sum() == 0 and on["stability_mask"][:, 170:].all()
 
 
-def test_readme_python_api_runs_from_any_directory(tmp_path, monkeypatch, capsys):
+def test_readme_python_api_runs_from_any_directory(tmp_path, monkeypatch):
     """The README's Python API example, as written, from a folder that is not the repository:
-    it finds the bundled model by the package's helper and prints the filter note once."""
+    it finds the bundled model by the package's helper, and the filter runs."""
     import re
     from pathlib import Path
 
@@ -52,4 +84,4 @@ def test_readme_python_api_runs_from_any_directory(tmp_path, monkeypatch, capsys
     namespace = {"rgb_image_a": rgb, "rgb_image_b": rgb}
     exec(compile(code, "README.md", "exec"), namespace)
     assert len(namespace["per_image"]) == 2
-    assert capsys.readouterr().out.count("semantic head is untrained") == 1
+    assert "stability_mask" in namespace["per_image"][0]  # the bundled model's filter is on

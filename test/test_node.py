@@ -326,10 +326,16 @@ def test_the_node_warns_when_a_parameter_file_is_keyed_for_another_namespace(tmp
 
 def test_sigint_abandons_a_frame_in_flight_and_exits_promptly(tmp_path):
     """ros2 launch escalates to SIGTERM 5 s after SIGINT: the node must not wait for a
-    forward pass. The bundled (dilated) network on a 1600x2400 frame takes about 5 s here."""
+    forward pass. The dilated architecture (the one shipped before the lean default) on a
+    1600x2400 frame takes about 5 s here, long enough to be caught in flight."""
     import signal
 
-    args = ["-m", "superseg_ros.ros.launch_cli", "--namespace", "slow",
+    from superseg_ros.checkpoint import save_checkpoint
+    from superseg_ros.cli.bench import REFERENCE_CONFIG
+    from superseg_ros.network import SuperSegmentation
+
+    slow = save_checkpoint(SuperSegmentation(REFERENCE_CONFIG), tmp_path / "dilated.pt")
+    args = ["-m", "superseg_ros.ros.launch_cli", "--namespace", "slow", "--model", str(slow),
             "--param", "qos.profile:=reliable", "--param", "sync.camera_info_timeout:=0.0"]
     with ros_helpers.python_process(args, tmp_path / "node.log") as child:
         with ros_helpers.ros_node("slow_client") as node:

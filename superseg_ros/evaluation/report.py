@@ -106,13 +106,16 @@ def write_markdown(path: Path, record: dict, plots: list[str]) -> Path:
     for name, s in record["summaries"].items():
         lines.append(f"| {name} | " + " | ".join(f"{s['mma'][f'{t:g}']:.3f}" for t in CURVE_PX)
                      + " |")
-    lines += ["", "## Setup", ""]
-    for key, value in config.items():
-        lines.append(f"- **{key}**: `{json.dumps(jsonable(value))}`")
-    for name, info in record["methods"].items():
-        lines.append(f"- **method {name}**: `{json.dumps(jsonable(info))}`")
-    if record.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in record["notes"]]
+    setup = {**config, **{f"method {n}": info for n, info in record["methods"].items()}}
+    return write_markdown_tail(path, lines, setup, record.get("notes"), plots)
+
+
+def write_markdown_tail(path: Path, lines: list[str], setup: dict, notes, plots) -> Path:
+    """`lines`, then the Setup, Notes and Plots sections every metrics.md ends with."""
+    lines = lines + ["", "## Setup", ""] + [f"- **{key}**: `{json.dumps(jsonable(value))}`"
+                                            for key, value in setup.items()]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     text = "\n".join(lines) + "\n"

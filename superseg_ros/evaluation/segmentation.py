@@ -7,7 +7,6 @@ with the labelled training stage's validation.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -15,11 +14,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import ConfigError
-from ..fileio import write_atomically
 from ..semantics import DYNAMIC, FLAT, GROUPS, IGNORE, STATIC, UNSTABLE
 from ..visualize import GROUP_COLOURS, UNKNOWN_COLOUR, draw_keypoints
 from .datasets import DatasetError
-from .report import jsonable, title_band, write_overlay
+from .report import title_band, write_markdown_tail, write_overlay
 
 
 def confusion_matrix(predicted, target, num_classes: int, ignore: int = IGNORE) -> np.ndarray:
@@ -309,14 +307,7 @@ def write_segmentation_markdown(path: Path, record: dict, plots: list[str]) -> P
     lines += markdown(["label \\ predicted"] + list(GROUPS),
                       [[g] + [str(v) for v in row]
                        for g, row in zip(GROUPS, groups["confusion"])])
-    lines += ["", "## Setup", ""] + [f"- **{k}**: `{json.dumps(jsonable(v))}`"
-                                     for k, v in config.items()]
-    if record.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in record["notes"]]
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
-    text = "\n".join(lines) + "\n"
-    return write_atomically(path, lambda f: f.write(text.encode()))
+    return write_markdown_tail(path, lines, config, record.get("notes"), plots)
 
 
 def write_segmentation_plots(out_dir: Path, report: dict) -> tuple[list[Path], str | None]:

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..config import ConfigError, merge_config
 from ..semantics import CAMVID, check_mode
-from .cityscapes import CityscapesError, read_image
+from .cityscapes import CityscapesError, read_image, read_label_png
 
 DEFAULT_CAMVID_CONFIG = {
     "label_modes": ["classes", "groups4"],  # remapped label maps returned under "labels"
@@ -101,19 +100,7 @@ class CamVidFrames:
 
 def read_camvid_labels(path: Path, shape=None) -> np.ndarray:
     """(H, W) uint8 CamVid label values (0..11) from a label PNG, checked against `shape`."""
-    if not path.is_file():
-        raise CamVidError(f"{path} does not exist: every CamVid frame needs its label PNG")
-    ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if ids is None or ids.size == 0:
-        raise CamVidError(f"{path}: unreadable label PNG (truncated or not a PNG)")
-    if ids.ndim != 2 or ids.dtype != np.uint8:
-        raise CamVidError(f"{path}: expected a single-channel 8-bit label PNG, got dtype "
-                          f"{ids.dtype} and shape {ids.shape} (a colour-coded label image?)")
-    if shape is not None and ids.shape != tuple(shape[:2]):
-        raise CamVidError(f"{path}: label size {ids.shape[1]}x{ids.shape[0]} does not match the "
-                          f"image size {shape[1]}x{shape[0]}")
-    bad = CAMVID.values_outside(ids)
-    if bad.size:
-        raise CamVidError(f"{path}: values {bad[:10].tolist()} are outside the CamVid table "
-                          f"(0..{CAMVID.max_id}: 11 classes and 11 = Unlabelled)")
-    return ids
+    return read_label_png(path, shape, CAMVID, CamVidError,
+                          missing="every CamVid frame needs its label PNG",
+                          other_kinds="a colour-coded label image?",
+                          outside="11 classes and 11 = Unlabelled")

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from ..config import ConfigError, merge_config
-from ..semantics import CITYSCAPES_MAX_ID, check_mode, remap_labels
+from ..semantics import CITYSCAPES, Ontology, check_mode, remap_labels
 
 DEFAULT_CITYSCAPES_CONFIG = {
     "label_modes": ["classes", "groups4"],  # remapped label maps returned under "labels"
@@ -221,22 +221,33 @@ def read_image(path: Path) -> np.ndarray:
 
 def read_label_ids(path: Path, shape=None) -> np.ndarray:
     """(H, W) uint8 label ids from a *_gtFine_labelIds.png, checked against the image `shape`."""
+    return read_label_png(path, shape, CITYSCAPES, CityscapesError,
+                          missing="the gtFine folder of this split is there, so every frame "
+                                  "needs its labelIds PNG",
+                          other_kinds="a _color or _instanceIds PNG?",
+                          outside="is this a _labelTrainIds PNG?")
+
+
+def read_label_png(path: Path, shape, ontology: Ontology, error: type, missing: str,
+                   other_kinds: str, outside: str) -> np.ndarray:
+    """(H, W) uint8 label values of `ontology` from a single-channel 8-bit PNG, checked against
+    the image `shape` (H, W, ...); every problem is an `error` naming the file, with the
+    dataset's hint of what it may be instead."""
     if not path.is_file():
-        raise CityscapesError(f"{path} does not exist (the gtFine folder of this split is there, "
-                              "so every frame needs its labelIds PNG)")
+        raise error(f"{path} does not exist ({missing})")
     ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if ids is None or ids.size == 0:
-        raise CityscapesError(f"{path}: unreadable label PNG (truncated or not a PNG)")
+        raise error(f"{path}: unreadable label PNG (truncated or not a PNG)")
     if ids.ndim != 2 or ids.dtype != np.uint8:
-        raise CityscapesError(f"{path}: expected a single-channel 8-bit label-id PNG, got dtype "
-                              f"{ids.dtype} and shape {ids.shape} (a _color or _instanceIds PNG?)")
+        raise error(f"{path}: expected a single-channel 8-bit label-id PNG, got dtype "
+                    f"{ids.dtype} and shape {ids.shape} ({other_kinds})")
     if shape is not None and ids.shape != tuple(shape[:2]):
-        raise CityscapesError(f"{path}: label size {ids.shape[1]}x{ids.shape[0]} does not match "
-                              f"the image size {shape[1]}x{shape[0]}")
-    if ids.max() > CITYSCAPES_MAX_ID:
-        bad = np.unique(ids[ids > CITYSCAPES_MAX_ID])
-        raise CityscapesError(f"{path}: values {bad[:10].tolist()} are not Cityscapes label ids "
-                              f"(0..{CITYSCAPES_MAX_ID}); is this a _labelTrainIds PNG?")
+        raise error(f"{path}: label size {ids.shape[1]}x{ids.shape[0]} does not match "
+                    f"the image size {shape[1]}x{shape[0]}")
+    bad = ontology.values_outside(ids)
+    if bad.size:
+        raise error(f"{path}: values {bad[:10].tolist()} are not {ontology.name} label ids "
+                    f"(0..{ontology.max_id}); {outside}")
     return ids
 
 
