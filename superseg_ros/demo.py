@@ -254,9 +254,10 @@ def run(args) -> int:
           "processing ms p50 {processing_ms_p50}, latency in the node (input received -> "
           "published) ms p50 {node_latency_ms_p50}".format_map(
               collections.defaultdict(lambda: "?", counters)))
+    masks = summary["topics"].get("/superseg/stability_mask", {}).get("messages", 0)
     print(f"demo: keypoints per frame {keypoints.get('keypoints_per_frame')}, share flagged "
-          f"unstable {keypoints.get('unstable_share')}; full summary in "
-          f"{out / 'summary.json'}")
+          f"unstable (red on the overlays) {keypoints.get('unstable_share')}, stability masks "
+          f"published {masks}; full summary in {out / 'summary.json'}")
     return 0 if frames else 1
 
 

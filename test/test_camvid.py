@@ -145,6 +145,34 @@ def test_shipped_camvid_config_is_valid():
     assert conf["loss"]["weighting"] == "uncertainty"
 
 
+def test_class_balance_weights_come_from_the_training_labels(tmp_path):
+    root = make_camvid(tmp_path / "camvid", n_train=2, n_val=1)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for name in ("0001TP_000000", "0001TP_000030"):
+        np.savez(labels / f"{name}.npz", keypoints=np.zeros((0, 2), np.float32),
+                 scores=np.zeros(0, np.float32), image_size=np.array([48, 64], np.int32),
+                 source=f"{name}.png")
+    data = {"dataset": "camvid", "root": str(root), "labels": str(labels), "size": [40, 56]}
+    pairs = LabelledPairs(data, {}, {"probability": 0.0}, 3, seed=0)
+    counts = pairs.class_pixel_counts(11)
+    truth = sum(np.bincount(pairs.frames[k]["labels"]["classes"].ravel(), minlength=256)[:11]
+                for k in range(2))
+    assert counts.tolist() == truth.tolist() and counts.sum() > 0
+    conf = training_config({"name": "cv", "stage": "labelled", "output": str(tmp_path / "o"),
+                            "data": data, "loss": {"class_balance": 1.0}})
+    from superseg_ros.training.stages import Labelled
+    stage = Labelled(conf, 3)
+    frequency = counts / counts.sum()
+    present = counts > 0
+    expected = np.ones(11)
+    expected[present] = np.median(frequency[present]) / frequency[present]
+    assert stage.class_weights.numpy() == pytest.approx(expected, rel=1e-5)
+    assert Labelled(training_config({**conf, "loss": {}}), 3).class_weights is None
+    with pytest.raises(ConfigError, match="class_balance"):
+        Labelled(training_config({**conf, "loss": {"class_balance": -1}}), 3)
+
+
 def test_data_config_errors():
     with pytest.raises(ConfigError, match="data.dataset"):
         labelled_data_config({"dataset": "kitti", "root": "x"})

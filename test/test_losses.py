@@ -74,6 +74,31 @@ def test_segmentation_loss_ignores_the_ignore_label():
     assert losses.segmentation_loss(logits, labels) < 1e-6
 
 
+def test_median_frequency_weights_by_hand():
+    # frequencies .5, .3, .2 (median .3) and a class with no pixels
+    weights = losses.median_frequency_weights([50, 30, 20, 0], power=1.0)
+    assert weights.tolist() == pytest.approx([0.6, 1.0, 1.5, 1.0])
+    assert losses.median_frequency_weights([50, 30, 20, 0], power=0.5).tolist() == \
+        pytest.approx([0.6 ** 0.5, 1.0, 1.5 ** 0.5, 1.0])
+    assert losses.median_frequency_weights([50, 30, 20], power=0.0).tolist() == [1.0] * 3
+    with pytest.raises(ValueError, match="non-negative"):
+        losses.median_frequency_weights([5, -1])
+
+
+def test_weighted_segmentation_loss_is_the_weighted_mean_by_hand():
+    # two labelled pixels: class 0 with p = 1/2 and class 1 with p = 1/2; one ignored pixel
+    logits = torch.zeros(1, 2, 1, 3)
+    labels = torch.tensor([[[0, 1, 255]]])
+    weights = torch.tensor([1.0, 3.0])
+    assert losses.segmentation_loss(logits, labels, 255, weights).item() == \
+        pytest.approx(math.log(2))
+    logits[0, 1, 0, 1] = 2.0  # class 1's pixel now right with p = e^2 / (1 + e^2)
+    nll_1 = -math.log(math.exp(2) / (1 + math.exp(2)))
+    expected = (1.0 * math.log(2) + 3.0 * nll_1) / 4.0
+    assert losses.segmentation_loss(logits, labels, 255, weights).item() == \
+        pytest.approx(expected, rel=1e-6)
+
+
 def test_overfitting_one_batch_lowers_every_loss():
     torch.manual_seed(0)
     model = SuperSegmentation(TINY)

@@ -15,7 +15,7 @@ from superseg_ros.evaluation import cli
 from superseg_ros.evaluation.segmentation import (FILTER_COUNTS, confusion_matrix,
                                                   keypoint_filter_counts, keypoint_filter_summary,
                                                   pixel_index, segmentation_report,
-                                                  sum_counts)
+                                                  sum_counts, threshold_sweep)
 from superseg_ros.extractor import Extractor
 from superseg_ros.network import SuperSegmentation
 from superseg_ros.semantics import CAMVID, DYNAMIC, FLAT, GROUPS, IGNORE, STATIC, UNSTABLE
@@ -98,6 +98,27 @@ def test_keypoint_filter_summary_over_summed_frames():
     assert all(math.isnan(v) for v in nothing.values())
 
 
+def test_threshold_sweep_hand_computed():
+    # two dynamic keypoints (p .2, .6), three static/flat (.4, .7, .9), one unstable (.5), one
+    # on ignore (never counted)
+    prob = [0.2, 0.6, 0.4, 0.7, 0.9, 0.5, 0.1]
+    truth = [DYNAMIC, DYNAMIC, STATIC, FLAT, STATIC, UNSTABLE, IGNORE]
+    rows = {r["threshold"]: r for r in threshold_sweep(prob, truth, (0.3, 0.5, 0.8))}
+    assert rows[0.3] == pytest.approx({"threshold": 0.3, "dynamic_removed_share": 1 / 2,
+                                       "static_flat_kept_share": 3 / 3,
+                                       "unstable_removed_share": 0.0})
+    assert rows[0.5] == pytest.approx({"threshold": 0.5, "dynamic_removed_share": 1 / 2,
+                                       "static_flat_kept_share": 2 / 3,
+                                       "unstable_removed_share": 0.0})  # p >= t is kept
+    assert rows[0.8] == pytest.approx({"threshold": 0.8, "dynamic_removed_share": 2 / 2,
+                                       "static_flat_kept_share": 1 / 3,
+                                       "unstable_removed_share": 1.0})
+    empty = threshold_sweep([], [], (0.5,))[0]
+    assert all(math.isnan(empty[k]) for k in empty if k != "threshold")
+    with pytest.raises(ValueError, match="2 probabilities but 1"):
+        threshold_sweep([0.1, 0.2], [STATIC])
+
+
 # --- superseg-eval --segmentation ----------------------------------------------------------------
 
 
@@ -163,14 +184,20 @@ def test_cli_writes_the_report(tmp_path, camvid, checkpoint, capsys, one_thread)
                                            "static_flat_kept_share": "on_static_flat",
                                            "unstable_removed_share": "on_unstable"}[key]] == 0)
 
+    sweep = record["keypoint_filter"]["sweep"]
+    assert [r["threshold"] for r in sweep] == pytest.approx([0.1 * i for i in range(1, 10)])
+    removed = [r["dynamic_removed_share"] for r in sweep if r["dynamic_removed_share"] is not None]
+    kept = [r["static_flat_kept_share"] for r in sweep if r["static_flat_kept_share"] is not None]
+    assert removed == sorted(removed) and kept == sorted(kept, reverse=True)  # monotone in t
+
     markdown = (out / "metrics.md").read_text()
     for text in ("## Per-group IoU", "## Per-class IoU", "not camvid's", "## Keypoint filter",
-                 "| on dynamic objects |"):
+                 "| on dynamic objects |", "## The filter at other thresholds"):
         assert text in markdown
     assert [p.name for p in (out / "overlays").iterdir()] == ["0016E5_00000.png"]
     pytest.importorskip("matplotlib")
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
-        "group_confusion.png", "group_iou.png"]
+        "filter_thresholds.png", "group_confusion.png", "group_iou.png"]
 
 
 def test_cli_confusion_equals_a_direct_extractor_run(tmp_path, camvid, checkpoint, one_thread):
@@ -238,6 +265,9 @@ def test_cli_constant_prediction_gives_the_label_counts(tmp_path, camvid, monkey
     counts = record["keypoint_filter"]["counts"]
     assert counts["dynamic_removed"] == counts["unstable_removed"] == 0
     assert counts["static_flat_kept"] == counts["on_static_flat"]
+    for row in record["keypoint_filter"]["sweep"]:  # P(stable) = 1 everywhere: nothing removed
+        assert row["static_flat_kept_share"] == 1.0
+        assert row["dynamic_removed_share"] in (0.0, None)
 
 
 def make_cityscapes(root, height=24, width=48):

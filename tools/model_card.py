@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 from superseg_ros.checkpoint import load_model  # noqa: E402
 from superseg_ros.evaluation.cli import main as eval_main  # noqa: E402
 from superseg_ros.evaluation.report import markdown_table  # noqa: E402
-from superseg_ros.evaluation.segmentation import (filter_rows, iou_rows,  # noqa: E402
-                                                  markdown)
+from superseg_ros.evaluation.segmentation import (SWEEP_HEADER, filter_rows,  # noqa: E402
+                                                  iou_rows, markdown, sweep_rows)
 
 CARD = ROOT / "models" / "README.md"
 
@@ -120,9 +120,18 @@ def same_split(split_path: Path, folders: list[str]) -> None:
                              f"{split_path}: evaluate on the held-out part of the training split")
 
 
+def detector_row(summaries: dict) -> str:
+    """The row that measures the keypoints themselves: the model without the semantic filter
+    when the run has that ablation (the filter, trained on street scenes, also removes keypoints
+    on sky and trees of the generic images, which says nothing about the detector)."""
+    return "superseg-no-semantic" if "superseg-no-semantic" in summaries else "superseg"
+
+
 def quality_targets(summaries: dict) -> str:
-    """The issue's targets, checked on this run's numbers (not typed by hand)."""
-    model, no_sub = summaries["superseg"], summaries.get("superseg-no-subpixel", {})
+    """The project's keypoint targets, checked on this run's numbers (not typed by hand), on
+    the detector_row; the sub-pixel ablation is of the filtered model (same keypoints)."""
+    model, no_sub = summaries[detector_row(summaries)], summaries.get("superseg-no-subpixel", {})
+    with_sub = summaries["superseg"]
     sift, orb = summaries["sift"], summaries["orb"]
     checks = [
         ("homography accuracy@3px >= ORB's", model["homography_accuracy@3px"],
@@ -130,28 +139,41 @@ def quality_targets(summaries: dict) -> str:
          >= orb["homography_accuracy@3px"]),
         ("repeatability@3px >= SIFT's", model["repeatability@3px"], sift["repeatability@3px"],
          model["repeatability@3px"] >= sift["repeatability@3px"]),
-        ("sub-pixel refinement lowers the localisation error", model["localization_error"],
+        ("sub-pixel refinement lowers the localisation error", with_sub["localization_error"],
          no_sub.get("localization_error", float("nan")),
-         model["localization_error"] < no_sub.get("localization_error", float("nan"))),
+         with_sub["localization_error"] < no_sub.get("localization_error", float("nan"))),
     ]
-    lines = ["| target | this model | reference | met |", "|---|--:|--:|:-:|"]
+    lines = [f"Checked on `{detector_row(summaries)}`.", "",
+             "| target | this model | reference | met |", "|---|--:|--:|:-:|"]
     lines += [f"| {name} | {a:.3f} | {b:.3f} | {'yes' if ok else 'NO'} |"
               for name, a, b, ok in checks]
     return "\n".join(lines) + "\n"
 
 
-def run_eval(flags: list[str], output: Path) -> dict:
-    """One superseg-eval run; its metrics.json."""
-    code = eval_main(flags + ["--output", str(output)])
+def run_eval(flags: list[str], output: Path, reuse: bool = False) -> dict:
+    """One superseg-eval run; its metrics.json. With `reuse`, an earlier run in `output` with the
+    same command, newer than the model file, is read instead of run again."""
+    flags = flags + ["--output", str(output)]
+    metrics = output / "metrics.json"
+    if reuse and metrics.is_file():
+        record = json.loads(metrics.read_text())
+        model = Path(flags[flags.index("--model") + 1])
+        if record["config"].get("command") == " ".join(["superseg-eval", *flags]) \
+                and metrics.stat().st_mtime > model.stat().st_mtime:
+            print(f"model_card: reusing {metrics}")
+            return record
+    code = eval_main(flags)
     if code != 0:
         raise SystemExit(f"model_card: superseg-eval {' '.join(flags)} exited {code}")
     return json.loads((output / "metrics.json").read_text())
 
 
 def pair_flags(args, model: str, kind: str, folder: str) -> list[str]:
-    """superseg-eval flags of one keypoint run: HPatches pairs or generated pairs of a folder."""
+    """superseg-eval flags of one keypoint run: HPatches pairs or generated pairs of a folder;
+    a model with a trained semantic head also runs without its filter."""
+    ablations = "subpixel,semantic" if load_model(model).trained_heads["semantic"] else "subpixel"
     flags = ["--model", model, "--max-keypoints", str(args.max_keypoints), "--seed",
-             str(args.seed), "--baselines", "sift,orb", "--ablations", "subpixel"]
+             str(args.seed), "--baselines", "sift,orb", "--ablations", ablations]
     if kind == "hpatches":
         return flags + ["--hpatches", folder]
     return flags + ["--images", folder, "--pairs", str(args.pairs)]
@@ -164,7 +186,7 @@ def describe_pairs(args, kind: str, folder: str, record: dict, output: Path) -> 
     if sizes.get("image_a_min_hw"):
         (h0, w0), (h1, w1) = sizes["image_a_min_hw"], sizes["image_a_max_hw"]
         size_text = f", images from {h0}x{w0} to {h1}x{w1} (height x width)"
-    n = len(record.get("pairs", [])) or "?"
+    n = record["summaries"]["superseg"].get("pairs", "?")
     if kind == "hpatches":
         return (f"Pairs: {n} real HPatches pairs (image 1 to images 2-6 of each sequence, "
                 f"ground-truth homographies) from `{folder}`{size_text}, "
@@ -176,7 +198,8 @@ def describe_pairs(args, kind: str, folder: str, record: dict, output: Path) -> 
             "per image.\n")
 
 
-BEFORE_AFTER = (("repeatability@3px", "repeatability@3px", True),
+BEFORE_AFTER = (("keypoints", "keypoints per image", True),
+                ("repeatability@3px", "repeatability@3px", True),
                 ("localization_error", "localisation error (px)", False),
                 ("homography_accuracy@1px", "H accuracy@1px", True),
                 ("homography_accuracy@3px", "H accuracy@3px", True),
@@ -194,15 +217,19 @@ def summary_value(summary: dict, key: str):
 
 
 def before_after(name: str, before: dict, after: dict) -> str:
-    """The previous model against this one on the same pairs; 'better' follows each metric's
-    direction (lower localisation error is better)."""
-    lines = [f"On {name}:", "", "| metric | before | after | better |", "|---|--:|--:|:-:|"]
+    """The previous model against this one on the same pairs, detector against detector
+    (detector_row of each); 'better' follows each metric's direction (lower localisation error
+    is better)."""
+    rows = detector_row(before), detector_row(after)
+    lines = [f"On {name} (`{rows[0]}` before, `{rows[1]}` after):", "",
+             "| metric | before | after | better |", "|---|--:|--:|:-:|"]
     for key, label, higher in BEFORE_AFTER:
-        a, b = summary_value(before["superseg"], key), summary_value(after["superseg"], key)
+        a, b = summary_value(before[rows[0]], key), summary_value(after[rows[1]], key)
         if a is None or b is None:
             continue
         better = "=" if abs(a - b) < 5e-4 else ("yes" if (b > a) == higher else "no")
-        lines.append(f"| {label} | {a:.3f} | {b:.3f} | {better} |")
+        fmt = "{:.0f}" if key == "keypoints" else "{:.3f}"
+        lines.append(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {better} |")
     return "\n".join(lines) + "\n"
 
 
@@ -233,6 +260,11 @@ def segmentation_record(record: dict, output: Path, root: str, split: str) -> st
     lines += ["", "The keypoint filter (every detected keypoint, with the filter's verdict):", ""]
     lines += markdown(["keypoints", "count", "share"], filter_rows(filt["counts"],
                                                                    filt["shares"]))
+    if filt.get("sweep"):
+        lines += ["", f"The filter at other `mask_threshold` values (the shipped default is "
+                  f"{config['mask_threshold']}; P(stable groups) at each keypoint's nearest "
+                  "pixel):", ""]
+        lines += markdown(SWEEP_HEADER, sweep_rows(filt["sweep"]))
     lines += ["", "| target | measured | met |", "|---|--:|:-:|"]
     for name, value_of, bound in SEGMENTATION_TARGETS:
         value = value_of(values)
@@ -264,6 +296,9 @@ def main(argv=None) -> int:
                    help="superseg-eval output; one subfolder per evaluation")
     p.add_argument("--split", default=str(ROOT / "runs" / "data" / "split.json"),
                    help="split.json written by tools/prepare_images.py")
+    p.add_argument("--reuse", action="store_true",
+                   help="read superseg-eval runs already in --output (same command, newer than "
+                        "the model file) instead of running them again")
     args = p.parse_args(argv)
     if not args.images and not args.hpatches:
         p.error("give --hpatches and/or --images")
@@ -274,7 +309,8 @@ def main(argv=None) -> int:
         [("images", folder) for folder in args.images]
     for kind, folder in runs:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", relative(folder)).strip("_")
-        record = run_eval(pair_flags(args, args.model, kind, folder), output / name)
+        record = run_eval(pair_flags(args, args.model, kind, folder), output / name,
+                          args.reuse)
         title = f"real HPatches pairs `{folder}`" if kind == "hpatches" \
             else f"generated pairs from `{folder}`"
         evaluations.append(f"### {title}\n\n{markdown_table(record['summaries'])}\n\n"
@@ -282,7 +318,7 @@ def main(argv=None) -> int:
         targets.append(f"On {title}:\n\n{quality_targets(record['summaries'])}")
         if args.reference_model:
             before = run_eval(pair_flags(args, args.reference_model, kind, folder),
-                              output / f"{name}_reference")
+                              output / f"{name}_reference", args.reuse)
             comparisons.append(before_after(title, before["summaries"], record["summaries"]))
     command = " ".join(["python tools/model_card.py", "--model", relative(args.model)]
                        + ([f"--hpatches {args.hpatches}"] if args.hpatches else [])
@@ -307,7 +343,7 @@ def main(argv=None) -> int:
         seg_output = output / f"segmentation_{args.dataset}_{args.segmentation_split}"
         record = run_eval(["--model", args.model, "--segmentation", args.segmentation,
                            "--dataset", args.dataset, "--split", args.segmentation_split,
-                           "--max-keypoints", str(args.max_keypoints)], seg_output)
+                           "--max-keypoints", str(args.max_keypoints)], seg_output, args.reuse)
         text = replace_block(text, "segmentation", segmentation_record(
             record, seg_output, args.segmentation, args.segmentation_split))
     text = replace_block(text, "training", training_record(load_model(args.model)))

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Copy a trained checkpoint to models/superseg.pt with fp16 storage (half the size).
 
-    python tools/ship_model.py runs/joint_cpu/model.pt
+    python tools/ship_model.py runs/camvid_cpu_balanced/model.pt
 
-The file keeps the training record (meta: stages, configs, steps, wall time) and the list of
-trained heads; the semantic head of a model trained here stays marked untrained, so the node and
-the extractor run without the semantic filter and say so. Loading restores fp32 weights.
+The file keeps the training record (meta: stages, configs, steps, wall time), the class table
+and the list of trained heads as the checkpoint has them: a model whose semantic head was
+trained on labelled frames ships with the semantic filter on (`semantic_filter: auto`), one
+without stays marked untrained and runs unfiltered. Loading restores fp32 weights.
 """
 
 from __future__ import annotations

@@ -269,13 +269,14 @@ def segmentation_main(args, argv) -> int:
     if run["frames"] and not run["report"]["groups"]["pixels"]:
         later.append(f"no labelled pixels in {args.dataset} {split}: every label is ignore "
                      "(Cityscapes' test split has only void labels; use --split val)")
-    plots, plot_note = S.write_segmentation_plots(out / "plots", run["report"])
+    plots, plot_note = S.write_segmentation_plots(out / "plots", run["report"], run["sweep"])
     later += [plot_note] if plot_note else []
     record = {"config": segmentation_config(args, argv, split, len(frames), len(run["frames"]),
                                             description, extractor),
               "segmentation": run["report"],
               "class_note": None if same_classes else notes[-1],
-              "keypoint_filter": {"counts": run["counts"], "shares": run["shares"]},
+              "keypoint_filter": {"counts": run["counts"], "shares": run["shares"],
+                                  "sweep": run["sweep"]},
               "notes": notes + later, "frames": run["frames"]}
     write_json(out / "metrics.json", record)
     S.write_segmentation_markdown(out / "metrics.md", record,

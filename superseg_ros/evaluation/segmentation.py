@@ -129,6 +129,37 @@ def keypoint_filter_summary(counts: dict) -> dict:
             "unstable_removed_share": share("unstable_removed", "on_unstable")}
 
 
+SWEEP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def threshold_sweep(stable_prob, gt_groups, thresholds=SWEEP_THRESHOLDS) -> list[dict]:
+    """The filter's trade-off if `mask_threshold` were t: for keypoints with P(stable groups)
+    `stable_prob` (N,) read at their nearest pixel, and ground-truth groups `gt_groups` (N,),
+
+        dynamic_removed_share  = #(dynamic and p < t) / #dynamic
+        static_flat_kept_share = #(static or flat and p >= t) / #(static or flat)
+        unstable_removed_share = #(unstable and p < t) / #unstable
+
+    (NaN when a denominator is 0). The extractor decides at the keypoint's integer peak before
+    its sub-pixel offset, so at the configured threshold a few keypoints near the boundary can
+    differ from the counts of keypoint_filter_counts."""
+    p = np.asarray(stable_prob, np.float64).reshape(-1)
+    g = np.asarray(gt_groups).reshape(-1)
+    if len(p) != len(g):
+        raise ValueError(f"{len(p)} probabilities but {len(g)} ground-truth groups")
+    dynamic, unstable = g == DYNAMIC, g == UNSTABLE
+    static_flat = (g == STATIC) | (g == FLAT)
+
+    def share(hit, of) -> float:
+        return float(hit.sum() / of.sum()) if of.sum() else float("nan")
+
+    return [{"threshold": float(t),
+             "dynamic_removed_share": share(dynamic & (p < t), dynamic),
+             "static_flat_kept_share": share(static_flat & (p >= t), static_flat),
+             "unstable_removed_share": share(unstable & (p < t), unstable)}
+            for t in thresholds]
+
+
 # --- superseg-eval --segmentation: the run ------------------------------------------------------
 
 
@@ -160,7 +191,7 @@ def evaluate_segmentation(frames, extractor, class_names, out_dir: Path,
     groups = np.zeros((len(GROUPS), len(GROUPS)), np.int64)
     classes = None if class_names is None else \
         np.zeros((len(class_names), len(class_names)), np.int64)
-    rows, failures = [], []
+    rows, failures, keypoint_prob, keypoint_truth = [], [], [], []
     for index in tqdm(range(len(frames)), desc=desc, unit="frame", disable=len(frames) < 2):
         try:
             frame = frames[index]
@@ -175,15 +206,21 @@ def evaluate_segmentation(frames, extractor, class_names, out_dir: Path,
             classes += confusion_matrix(result["class_map"], frame["labels"]["classes"],
                                         len(class_names))
         counts = keypoint_filter_counts(result["keypoints"], result["stable"], truth)
+        rows_at = pixel_index(result["keypoints"][:, 1], truth.shape[0])
+        cols_at = pixel_index(result["keypoints"][:, 0], truth.shape[1])
+        keypoint_prob.append(result["stable_prob"][rows_at, cols_at].astype(np.float64))
+        keypoint_truth.append(truth[rows_at, cols_at])
         rows.append({"name": frame["name"], "group_miou": intersection_over_union(frame_groups)[0],
                      **counts})
         if len(rows) <= n_overlays:
             write_overlay(out_dir / "overlays" / f"{frame['name']}.png",
                           segmentation_overlay(frame["image"], result, truth, frame["name"]))
     counts = sum_counts(rows)
+    sweep = threshold_sweep(np.concatenate(keypoint_prob or [np.zeros(0)]),
+                            np.concatenate(keypoint_truth or [np.zeros(0, np.uint8)]))
     return {"report": segmentation_report(classes, groups, class_names),
-            "counts": counts, "shares": keypoint_filter_summary(counts), "frames": rows,
-            "failures": failures}
+            "counts": counts, "shares": keypoint_filter_summary(counts), "sweep": sweep,
+            "frames": rows, "failures": failures}
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -253,6 +290,15 @@ FILTER_LEGEND = ("Ground-truth group at each keypoint's nearest pixel; every det
                  "removed / on unstable. Keypoints on ignore pixels count in 'detected' only")
 
 
+SWEEP_HEADER = ["mask_threshold", "dynamic removed", "static/flat kept", "unstable removed"]
+
+
+def sweep_rows(sweep: list[dict]) -> list[list[str]]:
+    return [[f"{r['threshold']:.1f}", _number(r["dynamic_removed_share"]),
+             _number(r["static_flat_kept_share"]), _number(r["unstable_removed_share"])]
+            for r in sweep]
+
+
 def filter_rows(counts: dict, shares: dict) -> list[list[str]]:
     return [[label, str(counts[key]), _number(shares[share]) if share else ""]
             for label, key, share in FILTER_ROWS]
@@ -302,17 +348,25 @@ def write_segmentation_markdown(path: Path, record: dict, plots: list[str]) -> P
     lines += markdown(["keypoints", "count", "share"],
                       filter_rows(record["keypoint_filter"]["counts"],
                                   record["keypoint_filter"]["shares"]))
-    lines += ["", FILTER_LEGEND + ".", "",
-              "## Group confusion (pixels; rows = label, columns = prediction)", ""]
+    lines += ["", FILTER_LEGEND + ".", ""]
+    if record["keypoint_filter"].get("sweep"):
+        lines += [f"## The filter at other thresholds (this run: mask_threshold "
+                  f"{config['mask_threshold']})", ""]
+        lines += markdown(SWEEP_HEADER, sweep_rows(record["keypoint_filter"]["sweep"]))
+        lines += ["", "Shares if the filter kept keypoints with P(stable groups) >= threshold, "
+                  "P read from `stable_prob` at each keypoint's nearest pixel.", ""]
+    lines += ["## Group confusion (pixels; rows = label, columns = prediction)", ""]
     lines += markdown(["label \\ predicted"] + list(GROUPS),
                       [[g] + [str(v) for v in row]
                        for g, row in zip(GROUPS, groups["confusion"])])
     return write_markdown_tail(path, lines, config, record.get("notes"), plots)
 
 
-def write_segmentation_plots(out_dir: Path, report: dict) -> tuple[list[Path], str | None]:
-    """group_confusion.png (row-normalised, with the numbers), group_iou.png and, with class
-    metrics, class_iou.png; (files, note if skipped)."""
+def write_segmentation_plots(out_dir: Path, report: dict, sweep: list[dict] | None = None
+                             ) -> tuple[list[Path], str | None]:
+    """group_confusion.png (row-normalised, with the numbers), group_iou.png, with class
+    metrics class_iou.png, and with a threshold sweep filter_thresholds.png; (files, note if
+    skipped)."""
     try:
         import matplotlib
         matplotlib.use("Agg")  # files only, no display
@@ -325,7 +379,28 @@ def write_segmentation_plots(out_dir: Path, report: dict) -> tuple[list[Path], s
     if report["classes"] is not None:
         written.append(_iou_plot(plt, out_dir / "class_iou.png", report["classes"],
                                  "Per-class IoU"))
+    if sweep:
+        written.append(_sweep_plot(plt, out_dir / "filter_thresholds.png", sweep))
     return written, None
+
+
+def _sweep_plot(plt, path: Path, sweep: list[dict]) -> Path:
+    """The filter's trade-off: dynamic keypoints removed against static/flat ones kept, one
+    point per mask_threshold."""
+    removed = [r["dynamic_removed_share"] for r in sweep]
+    kept = [r["static_flat_kept_share"] for r in sweep]
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
+    ax.plot(kept, removed, "o-", color="tab:blue")
+    for r, x, y in zip(sweep, kept, removed):
+        ax.annotate(f"{r['threshold']:.1f}", (x, y), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    ax.set(title="Keypoint filter by mask_threshold", xlabel="keypoints on static/flat kept",
+           ylabel="keypoints on dynamic objects removed", xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _confusion_plot(plt, path: Path, confusion) -> Path:

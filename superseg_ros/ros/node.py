@@ -272,7 +272,8 @@ class SuperSegNode(Node):
         else:
             title = (f"{int(result.stable.sum())} stable, "
                      f"{len(points) - int(result.stable.sum())} rejected")
-        return draw_keypoints(image, points, stable, f"{self.model_name} | {title}")
+        return draw_keypoints(image, points, stable, f"{self.model_name} | {title}",
+                              group_map=result.group_map)
 
     def _count_error(self, kind: str, message: str):
         if self._stop.is_set():  # publishing into a node being destroyed is no frame error

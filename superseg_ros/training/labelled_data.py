@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from ..config import ConfigError, merge_config, require_choice
 from ..homography import homography_config, scaling_matrix, warp_points
@@ -145,6 +146,14 @@ class LabelledPairs(Dataset):
 
     def __len__(self) -> int:
         return 10**12
+
+    def class_pixel_counts(self, n_classes: int) -> np.ndarray:
+        """(n_classes,) int64 labelled pixels per class over the whole split (ignore left out)."""
+        counts = np.zeros(256, np.int64)
+        for k in tqdm(range(len(self.frames)), desc="class frequencies", unit="frame",
+                      leave=False):
+            counts += np.bincount(self.frames[k]["labels"][self.mode].ravel(), minlength=256)
+        return counts[:n_classes]
 
     def label_file(self, k: int) -> Path:
         return label_path(self.labels_dir, self.images_dir, self.frames.image_path(k))

@@ -3,7 +3,8 @@
     detector_loss      cross-entropy of the 65-way cell logits (64 positions + dustbin)
     descriptor_loss    hardest-in-batch triplet loss on sampled correspondences
     subpixel_loss      L1 between predicted and true offsets at labelled keypoints
-    segmentation_loss  cross-entropy with an ignore label
+    segmentation_loss  cross-entropy with an ignore label, optionally class-weighted
+                       (median_frequency_weights)
 
 The descriptor loss never forms the (HW/64)^2 matrix of all cell pairs that SuperPoint's
 original loss uses: it samples at most `max_points` correspondences per image, so its memory is
@@ -94,11 +95,32 @@ def subpixel_loss(offsets: torch.Tensor, pixels: torch.Tensor, targets: torch.Te
     return (error * valid).sum() / valid.sum().clamp(min=1)
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor,
-                      ignore_index: int = 255) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255,
+                      class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """logits (B, M, h, w) at any stride; labels (B, H, W) at image resolution. The logits are
-    upsampled (bilinear, pixel-centre aligned) so every labelled pixel counts once."""
+    upsampled (bilinear, pixel-centre aligned) so every labelled pixel counts once.
+    class_weights (M,): per-class pixel weights; the mean is over the weights of the labelled
+    pixels (torch's weighted cross-entropy)."""
     if logits.shape[-2:] != labels.shape[-2:]:
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear",
                                align_corners=False)
-    return F.cross_entropy(logits, labels.long(), ignore_index=ignore_index)
+    if class_weights is not None:
+        class_weights = class_weights.to(logits.device, logits.dtype)
+    return F.cross_entropy(logits, labels.long(), weight=class_weights,
+                           ignore_index=ignore_index)
+
+
+def median_frequency_weights(counts, power: float = 1.0) -> torch.Tensor:
+    """Per-class weights (median(f) / f_c) ** power from pixel counts (M,), f_c = count_c / sum.
+    power 1 is the median-frequency balancing SegNet trains CamVid with (Eigen & Fergus 2015);
+    0.5 is a milder version. A class with no pixels gets weight 1 (it never contributes)."""
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    if counts.ndim != 1 or counts.numel() == 0 or (counts < 0).any():
+        raise ValueError(f"counts must be a non-empty 1-D array of non-negative pixel counts, "
+                         f"got {counts.tolist()}")
+    present = counts > 0
+    weights = torch.ones_like(counts)
+    if present.any():
+        frequency = counts[present] / counts.sum()
+        weights[present] = (frequency.quantile(0.5) / frequency) ** float(power)  # mean of the middle two
+    return weights.float()

@@ -287,7 +287,11 @@ class Labelled:
     loss_defaults = {"weighting": "fixed",          # fixed | uncertainty (learned, Kendall 2018)
                      "detector": 1.0, "descriptor": 1.0, "segmentation": 1.0, "subpixel": 1.0,
                      "initial_log_variance": 0.0,   # s_i at the start (uncertainty weighting)
-                     "descriptor_margin": 1.0, "max_points": 512, "exclusion_radius": 8.0}
+                     "descriptor_margin": 1.0, "max_points": 512, "exclusion_radius": 8.0,
+                     # segmentation class weights (median f / f_c) ** class_balance from the
+                     # training split's pixel counts: 0 = plain cross-entropy, 1 = SegNet's
+                     # median-frequency balancing
+                     "class_balance": 0.0}
     validation_defaults = {
         "images": 100,          # val frames for the mIoU (spread over the split; 0 = all)
         "pairs": 16,            # generated pairs from val frames for the homography metrics
@@ -315,6 +319,12 @@ class Labelled:
         self.class_to_group = np.asarray(self.semantics["class_to_group"], np.int64)
         self.loss_weights = LossWeights(self.LOSSES, self.weights["weighting"], self.weights,
                                         self.weights["initial_log_variance"])
+        self.class_weights = None
+        if float(self.weights["class_balance"]) < 0:
+            raise ConfigError(f"loss.class_balance must be >= 0, got {self.weights['class_balance']}")
+        if float(self.weights["class_balance"]) > 0:
+            counts = self.dataset.class_pixel_counts(len(self.semantics["classes"]))
+            self.class_weights = L.median_frequency_weights(counts, self.weights["class_balance"])
         self._val_frames = None
 
     @staticmethod
@@ -349,7 +359,7 @@ class Labelled:
         losses, out_a, out = pair_losses(model, batch, self.weights, generator, semantics=True)
         losses["segmentation"] = L.segmentation_loss(
             out["segmentation"], torch.cat([batch["segmentation_a"], batch["segmentation_b"]]),
-            IGNORE)
+            IGNORE, self.class_weights)
         return losses, out_a
 
     def groups_of(self, classes: np.ndarray) -> np.ndarray:
