@@ -13,7 +13,7 @@ DEMO_OUT ?= demo_output
 # Runs a command with .venv + install/ sourced and DDS confined to loopback.
 ROS_ENV := tools/ros_env.sh
 
-.PHONY: all setup build test demo bench clean
+.PHONY: all setup build test demo bench fuzz clean
 all: build
 
 $(STAMP): setup.py requirements-dev.txt requirements-ros.txt tools/patch_rosidl_paths.py
@@ -54,6 +54,11 @@ demo: build
 bench: build
 	$(ROS_ENV) $(BIN)/superseg-bench
 	$(ROS_ENV) $(BIN)/superseg-bench-node
+
+# >= 1000 generated inputs per entry point that takes outside bytes; prints the outcome table.
+FUZZ_CASES ?= 1000
+fuzz: build
+	$(ROS_ENV) $(BIN)/python test/fuzz.py --cases $(FUZZ_CASES)
 
 clean:
 	rm -rf $(DEMO_OUT) build install log .pytest_cache

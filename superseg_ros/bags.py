@@ -788,16 +788,69 @@ def write_bag(frames: Iterable[Frame | SkippedFile], out_path: str | os.PathLike
 
 # --------------------------------------------------------------------------- reading
 
+def corrupt_bag_errors() -> tuple[type[BaseException], ...]:
+    """What rosbags and the libraries below it raise on damaged bag bytes (truncated or flipped
+    mcap chunks, a broken sqlite3 file, bad metadata.yaml, undecodable CDR)."""
+    import sqlite3
+
+    from rosbags.rosbag2 import ReaderError
+    from rosbags.serde import SerdeError
+    return (ReaderError, SerdeError, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, OverflowError, struct.error, sqlite3.Error, EOFError)
+
+
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+MCAP_CHUNK, MCAP_FOOTER = 0x06, 0x02
+MAX_MCAP_CHUNK = 1 << 32  # uncompressed bytes; rosbag2 writes chunks of a few MiB
+
+
+def check_mcap_records(path: Path) -> None:
+    """Walk an mcap file's top-level records (opcode u8, length u64, content) and refuse one
+    that declares more bytes than the file holds, a chunk that would inflate past
+    MAX_MCAP_CHUNK, or a footer pointing between records: rosbags would allocate what such
+    a record declares before reading it."""
+    size = path.stat().st_size
+    starts = {0}
+    with open(path, "rb") as f:
+        if f.read(8) != MCAP_MAGIC:
+            raise BagError(f"{path}: not an mcap file (bad magic bytes)")
+        at = 8
+        while at + 9 <= size:
+            opcode, length = struct.unpack("<BQ", f.read(9))
+            if length > size - at - 9:
+                raise BagError(f"{path}: damaged mcap: the record at byte {at} declares "
+                               f"{length} bytes, more than the {size - at - 9} left")
+            starts.add(at)
+            if opcode == MCAP_CHUNK and length >= 24:
+                uncompressed = struct.unpack("<QQQ", f.read(24))[2]
+                if uncompressed > MAX_MCAP_CHUNK:
+                    raise BagError(f"{path}: damaged mcap: the chunk at byte {at} declares "
+                                   f"{uncompressed} uncompressed bytes")
+            if opcode == MCAP_FOOTER and length >= 16:
+                f.seek(at + 9)
+                summary, summary_offsets = struct.unpack("<QQ", f.read(16))
+                if summary not in starts or summary_offsets not in starts:
+                    raise BagError(f"{path}: damaged mcap: the footer points to bytes "
+                                   f"{summary} and {summary_offsets}, not to records")
+                return
+            at += 9 + length
+            f.seek(at)
+    raise BagError(f"{path}: damaged mcap: no footer (truncated at {size} bytes?)")
+
+
 def open_reader(path: str | os.PathLike):
-    from rosbags.rosbag2 import Reader, ReaderError
+    from rosbags.rosbag2 import Reader
 
     path = Path(path)
     if not path.exists():
         raise BagError(f"bag {path} does not exist")
+    for mcap in (path.glob("*.mcap") if path.is_dir() else [path] if path.suffix == ".mcap"
+                 else []):
+        check_mcap_records(mcap)
     try:
         reader = Reader(path)
         reader.open()
-    except (ReaderError, OSError, ValueError, KeyError) as exc:
+    except corrupt_bag_errors() as exc:
         raise BagError(f"{path} is not a readable ROS 2 bag ({exc})") from None
     return reader
 
@@ -844,8 +897,16 @@ def iter_bag(path: str | os.PathLike, topics: Iterable[str] | None = None,
         if not conns:
             return
         store = typestore({c.msgtype for c in conns}) if deserialize else None
-        for conn, t_ns, raw in reader.messages(conns, start=start_ns):
-            data = store.deserialize_cdr(raw, conn.msgtype) if deserialize else raw
+        messages = reader.messages(conns, start=start_ns)
+        while True:
+            try:
+                conn, t_ns, raw = next(messages)
+                data = store.deserialize_cdr(raw, conn.msgtype) if deserialize else raw
+            except StopIteration:
+                return
+            except corrupt_bag_errors() as exc:
+                raise BagError(f"{path}: damaged bag data ({type(exc).__name__}: {exc}); the "
+                               "messages before it were read") from None
             yield conn.topic, t_ns, data, conn.msgtype
     finally:
         reader.close()

@@ -15,6 +15,7 @@ import pickle
 import pickletools
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -78,9 +79,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, random bytes, pickled code, ...
+        try:
+            what = describe_file(path, exc)
+        except Exception:  # noqa: BLE001 - only a description: it must not be the crash
+            what = f"a file torch cannot read ({type(exc).__name__})"
         # `from None`: even a traceback must not carry torch's advice to unpickle the file.
         raise CheckpointError(f"{path}: not a readable checkpoint: it is "
-                              f"{describe_file(path, exc)}. {CHECKPOINT_IS}") from None
+                              f"{what}. {CHECKPOINT_IS}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         if isinstance(payload, dict) and payload and all(
                 isinstance(v, torch.Tensor) for v in payload.values()):
@@ -132,7 +137,8 @@ def _describe_zip(path: Path, head: bytes, load_error: Exception) -> str:
                 return (f"a zip archive that is not a PyTorch file (no data.pkl; it holds "
                         f"{', '.join(names[:3]) or 'nothing'}{', ...' * (len(names) > 3)})")
             data = archive.read(pkl)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
+            RuntimeError, zlib.error):
         # No readable zip directory (it is at the end): the file was cut short or damaged.
         # torch.save writes <name>/data.pkl first, so the first entry says what it was.
         name_len = int.from_bytes(head[26:28], "little") if len(head) >= 30 else 0
@@ -239,9 +245,20 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
     if set(heads) != set(HEADS):
         raise CheckpointError(f"{path}: trained_heads must list exactly {', '.join(HEADS)}, "
                               f"got {', '.join(sorted(heads))}")
-    model = SuperSegmentation(config, semantics)
     state = payload["state_dict"]
-    own = model.state_dict()
+    odd = [f"{k} ({type(v).__name__})" for k, v in state.items()
+           if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise CheckpointError(f"{path}: state_dict values must be tensors, got "
+                              f"{', '.join(odd[:3])}")
+    # Shapes first, on the meta device (no memory): a config that contradicts the file's
+    # tensors, e.g. one that would build a huge network, is refused before anything is built.
+    try:
+        with torch.device("meta"):
+            own = SuperSegmentation(config, semantics).state_dict()
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: its model config cannot build a network ({exc})") \
+            from None
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatch = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
@@ -254,9 +271,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
                 details.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
         raise CheckpointError(f"{path}: weights do not match the model config: "
                               + "; ".join(details))
+    model = SuperSegmentation(config, semantics)
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     model.trained_heads = {h: bool(heads[h]) for h in HEADS}
-    model.meta = dict(payload.get("meta", {}))
+    meta = payload.get("meta", {})
+    model.meta = dict(meta) if isinstance(meta, dict) else {}
     model.checkpoint_path = Path(path)  # exported-graph caches are keyed by this file
     return model.to(device).eval()
 

@@ -64,15 +64,26 @@ def require_choice(value: Any, choices, name: str) -> Any:
     return value
 
 
-def flatten(nested: Mapping, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} -> {'a.b': 1} (an empty mapping stays a value)."""
-    flat = {}
-    for key, value in nested.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
+MAX_SETTINGS = 10_000  # more leaves than any real settings file: YAML aliases expanding
+
+
+def flatten(nested: Mapping, prefix: str = "", limit: int = MAX_SETTINGS) -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1} (an empty mapping stays a value). More than `limit` leaves
+    is a ConfigError: YAML aliases can make a few lines expand to 2^n settings."""
+    flat: dict = {}
+
+    def walk(mapping: Mapping, where: str) -> None:
+        for key, value in mapping.items():
+            name = f"{where}{key}"
+            if isinstance(value, Mapping) and value:
+                walk(value, name + ".")
+            else:
+                flat[name] = value
+                if len(flat) > limit:
+                    raise ConfigError(f"more than {limit} settings (YAML aliases expanding into "
+                                      "copies?): not a settings file")
+
+    walk(nested, prefix)
     return flat
 
 
@@ -81,12 +92,17 @@ def read_yaml(path, what: str = "file") -> Any:
     import yaml  # local: only the CLIs and the node read YAML
 
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return yaml.safe_load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") \
+            from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply to be a settings file") from None
 
 
 def apply_overrides(conf: dict, items, example: str = "key.subkey=value") -> dict:
@@ -103,6 +119,9 @@ def apply_overrides(conf: dict, items, example: str = "key.subkey=value") -> dic
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
+        except RecursionError:
+            raise ConfigError(f"--set {item[:40]!r}...: the value is nested too deeply") \
+                from None
         set_dotted(conf, key.strip(), value, where=f"--set {item!r}")
     return conf
 

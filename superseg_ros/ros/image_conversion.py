@@ -126,14 +126,60 @@ def compressed_to_array(msg) -> np.ndarray:
     raw = _as_byte_array(msg.data)
     if raw.size == 0:
         raise ImageConversionError(f"compressed image is empty (format '{fmt}')")
+    declared = compressed_image_size(raw)
+    if declared is not None and declared[0] * declared[1] > MAX_DECODED_PIXELS:
+        raise ImageConversionError(
+            f"compressed image declares {declared[0]}x{declared[1]} pixels, more than the "
+            f"{MAX_DECODED_PIXELS} this node decodes ({raw.size} bytes, format '{fmt}')")
     import cv2  # local: keeps this module importable where OpenCV is broken, for the raw path
 
-    bgr = cv2.imdecode(raw, cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(raw, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV's own size limit, and other decoder assertions
+        raise ImageConversionError(
+            f"cannot decode compressed image ({raw.size} bytes, format '{fmt}'): "
+            f"{str(exc).strip().splitlines()[-1]}") from None
     if bgr is None or bgr.size == 0:
         raise ImageConversionError(
             f"cannot decode compressed image ({raw.size} bytes, format '{fmt}'): "
             "not a JPEG/PNG OpenCV can read, or the data is corrupt")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+# Decoding allocates width x height x 3 bytes before reading any pixel: a few hostile header bytes
+# could ask for gigabytes. 2^26 pixels (192 MiB as RGB) is above 8K video (33 MP).
+MAX_DECODED_PIXELS = 1 << 26
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def compressed_image_size(raw: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) a PNG or JPEG header declares, read without decoding; None for other or
+    unreadable data (the decoder then decides)."""
+    head = raw[:8].tobytes()
+    if head == b"\x89PNG\r\n\x1a\n" and raw.size >= 24:
+        return (int.from_bytes(raw[16:20].tobytes(), "big"),
+                int.from_bytes(raw[20:24].tobytes(), "big"))
+    if head[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 4 <= raw.size:  # walk the JPEG segments to the first start-of-frame
+        if raw[at] != 0xFF:
+            return None
+        marker = int(raw[at + 1])
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            at += 2
+            continue
+        length = int.from_bytes(raw[at + 2:at + 4].tobytes(), "big")
+        if marker in _JPEG_SOF and at + 9 <= raw.size:
+            return (int.from_bytes(raw[at + 7:at + 9].tobytes(), "big"),
+                    int.from_bytes(raw[at + 5:at + 7].tobytes(), "big"))
+        if length < 2 or marker == 0xDA:  # broken, or entropy-coded data before any frame
+            return None
+        at += 2 + length
+    return None
 
 
 def array_to_image_fields(image: np.ndarray, encoding: str) -> dict:

@@ -6,6 +6,7 @@ node, the YAML file in config/ and the `superseg-node` entry point. No rclpy imp
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from ..config import ConfigError, flatten, merge_config, require_choice, set_dotted
@@ -50,6 +51,15 @@ def node_settings(given: Mapping[str, Any]) -> dict:
     """Dotted parameter values (or a nested mapping) -> validated nested settings."""
     nested = unflatten(given) if any("." in k for k in given) else dict(given)
     settings = merge_config(NODE_DEFAULTS, nested, where=NODE_NAME)
+    values = flatten(settings)
+    for name, default in flatten(NODE_DEFAULTS).items():
+        # merge_config lets null through for any type; a number must be a finite number
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            value = values.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number (like {default!r}), "
+                                  f"got {value!r}")
     require_choice(settings["device"], ("auto", "cpu", "cuda"), "device")
     require_choice(settings["qos"]["profile"], ("sensor_data", "reliable"), "qos.profile")
     for name in ("sync.queue_size", "qos.depth"):

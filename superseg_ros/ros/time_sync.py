@@ -13,6 +13,7 @@ ROS and used where message_filters is not installed:
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from typing import Any, Callable
@@ -27,6 +28,8 @@ def stamp_to_ns(stamp) -> int:
     if isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
         raise TypeError("stamp must be seconds or a Time (sec, nanosec), "
                         f"got {type(stamp).__name__}")
+    if not math.isfinite(stamp):
+        raise ValueError(f"stamp must be a finite number of seconds, got {stamp}")
     return round(stamp * _NS)
 
 
