@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -27,3 +29,25 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
             os.unlink(tmp)
         raise
     return path
+
+
+# mkstemp's names in write_atomically: "." + target name + "." + 8 random characters + ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete the temp files of write_atomically in `folder` that a killed process left behind
+    (SIGKILL, OOM killer, power loss: no `except` ran to remove them); returns them. The targets
+    are intact (the rename never happened), so the temp files are only wasted space, as large as
+    the file they were to replace. Call it only where no other process is writing to `folder`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")
+    removed = []
+    for path in found:
+        if _TEMP_NAME.match(path.name) and path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed

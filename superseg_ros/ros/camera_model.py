@@ -19,7 +19,12 @@ from ..homography import scaling_matrix
 
 
 class CameraInfoError(ValueError):
-    """A CameraInfo that cannot be used, or one that does not belong to the image."""
+    """A CameraInfo that cannot be used, or one that does not belong to the image. `reason`:
+    camera_info_invalid, or camera_info_size_mismatch when it is for another image size."""
+
+    def __init__(self, message: str, reason: str = "camera_info_invalid"):
+        super().__init__(message)
+        self.reason = reason
 
 
 # ROS distortion_model -> (OpenCV family, allowed numbers of coefficients). An empty D means none.
@@ -98,7 +103,8 @@ class CameraModel:
             raise CameraInfoError(
                 f"image is {width}x{height} but its CameraInfo is {self.width}x{self.height}: "
                 "pair the image with its own camera_info topic, or scale the model if the image "
-                "was resized")
+                "was resized",
+                reason="camera_info_size_mismatch")
 
     def normalized_coordinates(self, points_xy: np.ndarray) -> np.ndarray:
         """(N, 2) pixel x, y -> (N, 2) float32 undistorted normalised coordinates (x/z, y/z)."""

@@ -23,7 +23,13 @@ import numpy as np
 
 
 class ImageConversionError(ValueError):
-    """An image message that cannot be turned into an array (or an array into a message)."""
+    """An image message that cannot be turned into an array (or an array into a message).
+    `reason`: a short name of the kind of problem, the same for every frame with it (the node
+    counts and logs by it)."""
+
+    def __init__(self, message: str, reason: str = "bad_image"):
+        super().__init__(message)
+        self.reason = reason
 
 
 # encoding -> (channels, dtype, channel order). Order "bgr" means the channels are swapped to RGB;
@@ -50,7 +56,7 @@ def _encoding_info(encoding: str):
     if info is None:
         raise ImageConversionError(
             f"unsupported image encoding '{encoding}' "
-            f"(supported: {', '.join(SUPPORTED_ENCODINGS)})")
+            f"(supported: {', '.join(SUPPORTED_ENCODINGS)})", reason="unsupported_encoding")
     return info
 
 
@@ -78,19 +84,20 @@ def image_to_array(msg) -> np.ndarray:
     channels, dtype, order = _encoding_info(encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
-        raise ImageConversionError(f"image has zero size ({width}x{height}, encoding '{encoding}')")
+        raise ImageConversionError(
+            f"image has zero size ({width}x{height}, encoding '{encoding}')", reason="zero_size")
     itemsize = np.dtype(dtype).itemsize
     row_bytes = width * channels * itemsize
     if step < row_bytes:
         raise ImageConversionError(
             f"image step {step} is smaller than one row ({width} px x {channels} ch x "
-            f"{itemsize} B = {row_bytes} B, encoding '{encoding}')")
+            f"{itemsize} B = {row_bytes} B, encoding '{encoding}')", reason="step_too_small")
     raw = _as_byte_array(msg.data)
     expected = step * height
     if raw.size < expected:
         raise ImageConversionError(
             f"image data truncated: expected step*height = {step}*{height} = {expected} bytes, "
-            f"got {raw.size} ({width}x{height} '{encoding}')")
+            f"got {raw.size} ({width}x{height} '{encoding}')", reason="truncated")
 
     # (H, step) -> drop padding -> reinterpret as dtype; every step is a view, no copy.
     rows = raw[:expected].reshape(height, step)[:, :row_bytes]
@@ -122,15 +129,17 @@ def compressed_to_array(msg) -> np.ndarray:
     if "compresseddepth" in fmt.lower().replace(" ", ""):
         raise ImageConversionError(
             f"compressed format '{fmt}' is a depth image (compressedDepth); subscribe to a colour "
-            "or mono image topic instead")
+            "or mono image topic instead", reason="compressed_depth")
     raw = _as_byte_array(msg.data)
     if raw.size == 0:
-        raise ImageConversionError(f"compressed image is empty (format '{fmt}')")
+        raise ImageConversionError(f"compressed image is empty (format '{fmt}')",
+                                   reason="compressed_empty")
     declared = compressed_image_size(raw)
     if declared is not None and declared[0] * declared[1] > MAX_DECODED_PIXELS:
         raise ImageConversionError(
             f"compressed image declares {declared[0]}x{declared[1]} pixels, more than the "
-            f"{MAX_DECODED_PIXELS} this node decodes ({raw.size} bytes, format '{fmt}')")
+            f"{MAX_DECODED_PIXELS} this node decodes ({raw.size} bytes, format '{fmt}')",
+            reason="compressed_too_large")
     import cv2  # local: keeps this module importable where OpenCV is broken, for the raw path
 
     try:
@@ -138,11 +147,11 @@ def compressed_to_array(msg) -> np.ndarray:
     except cv2.error as exc:  # OpenCV's own size limit, and other decoder assertions
         raise ImageConversionError(
             f"cannot decode compressed image ({raw.size} bytes, format '{fmt}'): "
-            f"{str(exc).strip().splitlines()[-1]}") from None
+            f"{str(exc).strip().splitlines()[-1]}", reason="undecodable") from None
     if bgr is None or bgr.size == 0:
         raise ImageConversionError(
             f"cannot decode compressed image ({raw.size} bytes, format '{fmt}'): "
-            "not a JPEG/PNG OpenCV can read, or the data is corrupt")
+            "not a JPEG/PNG OpenCV can read, or the data is corrupt", reason="undecodable")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

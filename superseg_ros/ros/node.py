@@ -106,6 +106,7 @@ class SuperSegNode(Node):
         self.processing_ms = collections.deque(maxlen=WINDOW)  # dequeued -> published
         self.stage_ms = {stage: collections.deque(maxlen=WINDOW) for stage in STAGES}
         self._logged_errors: set[str] = set()
+        self.error_reasons: collections.Counter = collections.Counter()  # bad frames by reason
         self._camera_cache: tuple | None = None
         self._info_seen, self._first_image_time = False, None
         self._create_inputs()
@@ -187,9 +188,11 @@ class SuperSegNode(Node):
             try:
                 self._process(*item)
             except (ImageConversionError, CameraInfoError, ValueError) as exc:
-                self._count_error("bad_input", f"dropped a frame: {exc}")
+                self._count_error("bad_input", f"dropped a frame: {exc}",
+                                  getattr(exc, "reason", "bad_input"))
             except Exception as exc:  # keep serving; the next good frame is processed
-                self._count_error("internal", f"dropped a frame: {type(exc).__name__}: {exc}")
+                self._count_error("internal", f"dropped a frame: {type(exc).__name__}: {exc}",
+                                  f"internal_{type(exc).__name__}")
 
     def _process(self, image_msg, info_msg, received: float):
         """`received`: time.monotonic() when the input reached this node."""
@@ -275,12 +278,17 @@ class SuperSegNode(Node):
         return draw_keypoints(image, points, stable, f"{self.model_name} | {title}",
                               group_map=result.group_map)
 
-    def _count_error(self, kind: str, message: str):
+    def _count_error(self, kind: str, message: str, reason: str):
+        """Counted by kind (bad_input, internal) and by reason (truncated, zero_size, ...: the
+        exception's `reason`); logged once per reason, with the first frame's message, however
+        many frames follow with it (their details, e.g. sizes, differ)."""
         if self._stop.is_set():  # publishing into a node being destroyed is no frame error
             return
         self.counts["errors"] += 1
         self.counts[f"errors_{kind}"] += 1
-        self._log_once(message, message, error=True)
+        self.error_reasons[reason] += 1
+        self._log_once(reason, f"{message} [{reason}: logged once, counted in /diagnostics]",
+                       error=True)
 
     def _log_once(self, key: str, message: str, error: bool = False):
         """Each distinct problem is logged once; repeats are only counted (see /diagnostics)."""
@@ -288,7 +296,13 @@ class SuperSegNode(Node):
             return
         if len(self._logged_errors) < 1000:
             self._logged_errors.add(key)
-        (self.get_logger().error if error else self.get_logger().warning)(message)
+        # Two call sites, not one: rclpy's logger keys call-site state by source line and raises
+        # "Logger severity cannot be changed between calls" when one line logs at two levels
+        # (that exception killed the worker thread: the node stopped serving).
+        if error:
+            self.get_logger().error(message)
+        else:
+            self.get_logger().warning(message)
 
     # -------------------------------------------------------------------------- runtime changes
     def _on_set_parameters(self, params) -> SetParametersResult:
@@ -325,6 +339,8 @@ class SuperSegNode(Node):
             "errors_bad_input": self.counts["errors_bad_input"],
             "errors_internal": self.counts["errors_internal"],
         }
+        # every bad frame by its reason (truncated, unsupported_encoding, camera_info_invalid ...)
+        values.update({f"errors.{reason}": n for reason, n in sorted(self.error_reasons.items())})
         windows = [("latency_ms", self.latency_ms), ("node_latency_ms", self.node_latency_ms),
                    ("processing_ms", self.processing_ms)]
         windows += [(f"stage_{stage}_ms", self.stage_ms[stage]) for stage in STAGES]

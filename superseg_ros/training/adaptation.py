@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError, merge_config, require_choice
 from ..extractor import image_to_tensor
-from ..fileio import write_atomically
+from ..fileio import remove_stale_temp_files, write_atomically
 from ..homography import (DEFAULT_HOMOGRAPHY_CONFIG, sample_homography, scaling_matrix,
                           warp_images_torch, warp_points)
 from ..postprocess import inside_mask, nms_peaks, pad_to_multiple
@@ -417,6 +417,9 @@ def adapt_folder(model, images: str | Path, output: str | Path, config: dict | N
     images, output = Path(images), Path(output)
     files = list_images(images, exclude=output)
     _check_unique_outputs(files)
+    # the temp files of label/preview writes that a killed run left (their targets were never
+    # renamed into place, so those images are labelled again below)
+    remove_stale_temp_files(output, recursive=True)
     model = model.to(device)
     failures, keypoint_counts = [], []
     processed = skipped = 0

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from ..checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from ..config import ConfigError
 from ..extractor import resolve_device
-from ..fileio import write_atomically
+from ..fileio import remove_stale_temp_files, write_atomically
 from ..network import HEADS, SuperSegmentation
 from ..semantics import validate_semantics
 from . import distributed
@@ -207,8 +207,16 @@ class Trainer:
         distributed.barrier(self.ctx)  # every process has looked before rank 0 writes
         if self.main:
             self.output.mkdir(parents=True, exist_ok=True)
+            # A run killed hard (SIGKILL, OOM killer) leaves the temp file of a checkpoint it
+            # was writing (fileio.write_atomically); last.pt itself is intact. Delete it: it is
+            # as large as a checkpoint and one more would be left by every such crash.
+            for stale in remove_stale_temp_files(self.output) + \
+                    remove_stale_temp_files(self.output / "checkpoints"):
+                self.say(f"removed {stale}, left by an interrupted write")
             if restart and (self.output / "metrics.jsonl").exists():
                 (self.output / "metrics.jsonl").unlink()
+            elif self.step:
+                self._trim_metrics()
             text = yaml.safe_dump(self.config, sort_keys=False)
             write_atomically(saved_config, lambda f: f.write(text.encode()))
         distributed.barrier(self.ctx)
@@ -242,6 +250,28 @@ class Trainer:
                      f"one has {self.ctx.world}: the steps go on with another global batch, so "
                      "the batches differ from an uninterrupted run's")
         self.say(f"resuming {self.output} at step {self.step}")
+
+    def _trim_metrics(self) -> None:
+        """On resume: drop the records of steps after the checkpoint (a run that was killed
+        logged them, and they are trained again: each step would appear twice) and a last line
+        cut short by the kill, as TensorBoard's purge_step does for its events."""
+        path = self.output / "metrics.jsonl"
+        if not path.exists():
+            return
+        lines = path.read_text(errors="replace").splitlines(keepends=True)
+        keep = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # cut short
+            step = record.get("step") if isinstance(record, dict) else None
+            if line.endswith("\n") and not (isinstance(step, (int, float)) and step > self.step):
+                keep.append(line)
+        if len(keep) < len(lines):
+            write_atomically(path, lambda f: f.write("".join(keep).encode()))
+            self.say(f"metrics.jsonl: {len(lines) - len(keep)} record(s) after step {self.step} "
+                     "dropped (they are trained again)")
 
     def _tensorboard(self):
         if not self.config["tensorboard"]:
