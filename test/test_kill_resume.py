@@ -279,3 +279,64 @@ def test_superseg_adapt_killed_resumes_without_redoing_finished_images(tmp_path)
     labels = sorted(out.glob("*.npz"))
     assert [p.stem for p in labels] == [f"{i:03d}" for i in range(n)]
     assert all(read_pseudo_labels(p)["image_size"] == (48, 64) for p in labels)
+
+
+# --- the node, killed in the middle of a bag replay ----------------------------------------------
+
+
+def test_node_killed_mid_replay_serves_again_after_a_restart(tmp_path):
+    """superseg_node fed by superseg-play (a looping bag, reliable QoS) is SIGKILLed while frames
+    flow; a new node process with the same command must serve the same replay again. Measured:
+    the cold start-up time (process start -> first keypoints) and the restart's."""
+    import ros_helpers
+    from superseg_ros import bags
+    from superseg_ros.demo import render_scene
+
+    ros_helpers.import_rclpy()
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from superseg_msgs.msg import Keypoints
+
+    calib = bags.intrinsics(100.0, None, 79.5, 59.5).for_size(160, 120)
+    frames = [bags.Frame(cv2.cvtColor(render_scene(120, 160, seed=i), cv2.COLOR_RGB2BGR), calib,
+                         f"{i:03d}.png") for i in range(20)]
+    bag = tmp_path / "bag"
+    bags.write_bag(frames, bag, 10.0, progress=False)
+    torch.manual_seed(0)
+    model = save_checkpoint(SuperSegmentation(TINY), tmp_path / "tiny.pt")
+    node_cmd = command("superseg_ros.ros.launch_cli", "--model", model, "--namespace", "killed",
+                       "--image", "/camera/image_raw", "--camera-info", "/camera/camera_info",
+                       "--param", "qos.profile:=reliable")
+    player = start(command("superseg_ros.cli.play", bag, "--loop", "--restamp",
+                           "--wait-for-subscribers", "120"), tmp_path / "play.log")
+    got = []
+    try:
+        with ros_helpers.ros_node("kill_client") as client:
+            client.create_subscription(
+                Keypoints, "/killed/superseg/keypoints",
+                lambda m: got.append(time.monotonic()),
+                QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+            started = time.monotonic()
+            node = start(node_cmd, tmp_path / "node.log")
+            assert ros_helpers.spin_until(client, lambda: len(got) >= 10, DEADLINE), \
+                (tmp_path / "node.log").read_text()[-3000:]
+            cold_start = got[0] - started
+            os.killpg(node.pid, signal.SIGKILL)  # in the middle of the replay
+            node.wait()
+            ros_helpers.spin_until(client, lambda: False, 1.0)
+            assert player.poll() is None, "the player must outlive the node"
+            before = len(got)
+            restarted = time.monotonic()
+            node = start(node_cmd, tmp_path / "node.log")
+            try:
+                assert ros_helpers.spin_until(client, lambda: len(got) >= before + 10, DEADLINE), \
+                    (tmp_path / "node.log").read_text()[-3000:]
+                restart = got[before] - restarted
+                print(f"\nnode: cold start to first keypoints {cold_start:.1f} s; after kill -9, "
+                      f"restart to first keypoints {restart:.1f} s; frames before the kill "
+                      f"{before}, after the restart {len(got) - before}")
+            finally:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+    finally:
+        os.killpg(player.pid, signal.SIGKILL)
+        player.wait()
