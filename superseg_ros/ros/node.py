@@ -152,17 +152,21 @@ class SuperSegNode(Node):
             f"{self.resolve_topic_name('camera_info')} ({self.sync_name}, slop {slop} s)")
 
     def _on_image_own(self, msg):
-        self.sync.add(0, msg)
-        self._on_image(msg)
+        # an image that goes on without CameraInfo (none came within the timeout) is not queued
+        # for pairing too: the synchroniser's image drops then count only frames that waited for
+        # a CameraInfo and lost it (frames_unpaired)
+        if not self._on_image(msg):
+            self.sync.add(0, msg)
 
     def _on_info_own(self, msg):
         self.sync.add(1, msg)
         self._on_info(msg)
 
-    def _on_image(self, msg):
+    def _on_image(self, msg) -> bool:
+        """Counts the image; True when it went to processing without CameraInfo."""
         self.counts["received"] += 1
         if self._info_seen:
-            return  # the synchroniser delivers it with its CameraInfo
+            return False  # the synchroniser delivers it with its CameraInfo
         now = time.monotonic()
         self._first_image_time = self._first_image_time or now
         timeout = self.settings["sync"]["camera_info_timeout"]
@@ -172,6 +176,8 @@ class SuperSegNode(Node):
                            "publishing keypoints without normalised coordinates (NaN)")
             self.counts["without_camera_info"] += 1
             self.slot.put((msg, None, now))
+            return True
+        return False
 
     def _on_info(self, msg):
         self._info_seen = True
@@ -335,6 +341,13 @@ class SuperSegNode(Node):
             "frames_skipped": self.slot.skipped,
             "frames_without_camera_info": self.counts["without_camera_info"],
             "sync_dropped": getattr(self.sync, "dropped", "n/a"),
+            # images whose CameraInfo never came (replaced in the reader's history, or lost),
+            # and those still waiting for one: with processed, errors and skipped, every
+            # received image is accounted for (built-in synchroniser; n/a with message_filters)
+            "frames_unpaired": self.sync.dropped_by_input[0]
+            if hasattr(self.sync, "dropped_by_input") else "n/a",
+            "frames_waiting_for_camera_info": self.sync.queued()[0]
+            if hasattr(self.sync, "queued") else "n/a",
             "errors": self.counts["errors"],
             "errors_bad_input": self.counts["errors_bad_input"],
             "errors_internal": self.counts["errors_internal"],
