@@ -238,11 +238,12 @@ def camera_infos(draw):
         binning_y=draw(st.sampled_from([0] * 6 + [1, 4])),
         roi=types.SimpleNamespace(x_offset=draw(st.sampled_from([0] * 6 + [5])), y_offset=0,
                                   width=draw(st.sampled_from([0] * 6 + [10])), height=0,
-                                  do_rectify=False)), draw(st.booleans())
+                                  do_rectify=False)), draw(st.booleans()), \
+        draw(st.sampled_from(["same", "other"]))
 
 
 def check_camera_info(case) -> str:
-    msg, rectified = case
+    msg, rectified, image_size = case
     try:
         model = CameraModel.from_camera_info(msg, rectified=rectified)
     except CameraInfoError:
@@ -252,6 +253,16 @@ def check_camera_info(case) -> str:
     assert K[0, 0] > 0 and K[1, 1] > 0 and K[2, 2] == 1
     if not rectified:
         assert np.array_equal(K.reshape(-1), np.asarray(msg.k, np.float64))
+    # the image the CameraInfo is paired with: its own size, or another one (a mismatch)
+    width, height = (msg.width, msg.height) if image_size == "same" else \
+        (msg.width + 1, max(1, msg.height // 2))
+    try:
+        model.check_image_size(width, height)
+    except CameraInfoError as exc:
+        assert msg.width and msg.height and (width, height) != (msg.width, msg.height)
+        assert exc.reason == "camera_info_size_mismatch"
+        return "error"
+    assert not (msg.width and msg.height) or (width, height) == (msg.width, msg.height)
     points = np.array([[0.0, 0.0], [K[0, 2], K[1, 2]], [10.0, 20.0]])
     normalized = model.normalized_coordinates(points)
     assert normalized.shape == (3, 2)
