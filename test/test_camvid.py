@@ -143,6 +143,10 @@ def test_shipped_camvid_config_is_valid():
     assert data["dataset"] == "camvid" and data["split"] == "train"
     assert data["validation_split"] == "val" and data["label_mode"] == "classes"
     assert conf["loss"]["weighting"] == "uncertainty"
+    follow_up = load_config(ROOT / "training" / "configs" / "camvid_cpu_stride4.yaml")
+    assert follow_up["init"]["change_architecture"] and follow_up["model"] == {"decoder_stride": 4}
+    assert follow_up["init"]["checkpoint"] == "runs/camvid_cpu/model.pt"
+    assert labelled_data_config(follow_up["data"])["split"] == "train"
 
 
 def test_class_balance_weights_come_from_the_training_labels(tmp_path):

@@ -416,6 +416,43 @@ def test_init_checkpoint_with_other_classes(tmp_path, tree):
         Trainer(conf, progress=False)
 
 
+def test_init_checkpoint_with_a_changed_architecture(tmp_path, tree):
+    """decoder_stride 8 -> 4 on a lean checkpoint: only the decoder's skip projection changes
+    shape, so every other weight comes from the checkpoint; without the option it is an error."""
+    torch.manual_seed(0)
+    lean = {"preset": "lean", "encoder_width": 8, "neck_channels": 16, "head_channels": 16,
+            "descriptor_dim": 32, "aspp_channels": 16, "low_level_channels": 8,
+            "decoder_channels": 16}
+    start = SuperSegmentation(dict(lean, num_classes=4), semantics_for("groups4"))
+    start.trained_heads = {head: True for head in start.trained_heads}
+    init = save_checkpoint(start, tmp_path / "s3.pt")
+    conf = stage3_config(tmp_path, tree, model={"decoder_stride": 4},
+                         init={"checkpoint": str(init)}, data={"label_mode": "groups4"})
+    with pytest.raises(ConfigError, match="change_architecture"):
+        Trainer(conf, progress=False)
+    conf = stage3_config(tmp_path, tree, model={"decoder_stride": 4},
+                         init={"checkpoint": str(init), "change_architecture": True},
+                         data={"label_mode": "groups4"})
+    model = Trainer(conf, progress=False).model
+    assert model.config["decoder_stride"] == 4 and model.semantic.upsample == 1
+    assert all(model.trained_heads.values())
+    old, fresh = start.state_dict(), []
+    for key, value in model.state_dict().items():
+        if key in old and old[key].shape == value.shape:
+            assert torch.equal(value, old[key]), key
+        else:
+            fresh.append(key)
+    assert fresh and all(k.startswith("semantic.reduce.") for k in fresh), fresh
+    out = model(torch.rand(1, 3, 64, 64))
+    assert out["segmentation"].shape == (1, 4, 16, 16)
+    conf = stage3_config(tmp_path, tree, output=str(tmp_path / "z"),
+                         model={"decoder_stride": 5},
+                         init={"checkpoint": str(init), "change_architecture": True},
+                         data={"label_mode": "groups4"})
+    with pytest.raises(ConfigError, match="decoder_stride"):
+        Trainer(conf, progress=False)
+
+
 # --- two processes --------------------------------------------------------------------------------
 
 

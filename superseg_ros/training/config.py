@@ -33,6 +33,9 @@ DEFAULT_CONFIG = {
         "imagenet": "",           # torchvision ResNet state dict for the encoder ("" = none)
         "reset_semantic": False,  # True: an init checkpoint whose classes differ from the stage's
                                   # gets a new (random) semantic classifier instead of an error
+        "change_architecture": False,  # True: `model` may change the checkpoint's architecture
+                                  # (e.g. decoder_stride 8 -> 4); weights whose name and shape
+                                  # still fit are kept, the rest start fresh
     },
     "data": {},                   # the stage's data settings (see training/data.py)
     "homography": {},             # homography.DEFAULT_HOMOGRAPHY_CONFIG keys

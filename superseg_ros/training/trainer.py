@@ -85,9 +85,13 @@ def build_model(config: dict, semantics: dict | None = None, note=tqdm.write
                 semantics, len(semantics["classes"])):
             _reset_semantic_classifier(model, semantics, config, note)
         clash = {k: v for k, v in config["model"].items() if model.config.get(k) != v}
-        if clash:
+        if clash and not init["change_architecture"]:
             raise ConfigError(f"model settings {clash} contradict init.checkpoint "
-                              f"{init['checkpoint']} (its model: {model.config}); remove them")
+                              f"{init['checkpoint']} (its model: {model.config}); remove them, "
+                              "or set init.change_architecture: true to start the changed "
+                              "network from the checkpoint's weights where they fit")
+        if clash:
+            model = _change_architecture(model, clash, note)
     else:
         model_conf = dict(config["model"])
         if semantics is not None:
@@ -103,6 +107,25 @@ def build_model(config: dict, semantics: dict | None = None, note=tqdm.write
         note(f"encoder initialised from {init['imagenet']} "
              f"({len(report['missing'])} encoder keys not in the file)")
     return model
+
+
+def _change_architecture(model: SuperSegmentation, changes: dict, note) -> SuperSegmentation:
+    """The network with `changes` applied to the model config, holding every weight of `model`
+    whose name and shape still fit; the others keep their fresh (seeded) initialisation."""
+    try:
+        changed = SuperSegmentation({**model.config, **changes}, model.semantics)
+    except ValueError as exc:  # ConfigError included: a bad value in `model`
+        raise ConfigError(f"model settings {changes}: {exc}") from exc
+    own, old = changed.state_dict(), model.state_dict()
+    kept = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
+    changed.load_state_dict(kept, strict=False)
+    changed.trained_heads = dict(model.trained_heads)
+    changed.meta = dict(model.meta)
+    fresh = sorted(set(own) - set(kept))
+    note(f"init.change_architecture: {changes} applied; {len(kept)} of {len(own)} weights "
+         f"from the checkpoint, {len(fresh)} fresh"
+         + (f" ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})" if fresh else ""))
+    return changed
 
 
 def _reset_semantic_classifier(model: SuperSegmentation, semantics: dict, config: dict,
