@@ -34,15 +34,18 @@ def test_schedule_runs_every_row_and_size_once_per_repeat_in_a_rotating_order():
     assert bench.schedule(["a"], ["s"], 2) == [[("a", "s")], [("a", "s")]]
 
 
-def test_rows_for_the_bundled_model_are_the_reference_and_the_lean_default():
-    """The bundled model is the lean default: it is timed itself, against the dilated
-    architecture it replaced (random weights: speed does not depend on them)."""
+def test_rows_for_the_bundled_model_are_the_reference_the_lean_default_and_itself():
+    """The bundled model is the lean preset with a stride-4 decoder: it is timed itself, beside
+    the lean default and the dilated architecture it replaced (random weights: speed does not
+    depend on them), and its rows name what differs from the default."""
     rows = bench.plan_rows(None, ["torch", "onnxruntime"])
     assert [(r.architecture, r.backend, r.reference) for r in rows] == [
         ("dilated (reference)", "torch", True), ("lean", "torch", False),
-        ("lean", "onnxruntime", False)]
+        ("lean", "onnxruntime", False), ("lean (decoder_stride 4)", "torch", False),
+        ("lean (decoder_stride 4)", "onnxruntime", False)]
     assert rows[0].weights == bench.REFERENCE_WEIGHTS
-    assert rows[1].weights.startswith("bundled superseg.pt")
+    assert rows[1].weights == bench.RANDOM_WEIGHTS
+    assert rows[3].weights.startswith("bundled superseg.pt")
     # 'random' is the lean default architecture itself: no third set of rows
     assert len(bench.plan_rows("random", ["torch"])) == 2
 

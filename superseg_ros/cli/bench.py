@@ -130,7 +130,13 @@ def plan_rows(spec: str | None, backends: list[str]) -> list[Row]:
         lean, lean_weights = model, weights
     rows += [Row(lean.config["preset"], lean_weights, b, lean) for b in backends]
     if model is not lean:
-        rows += [Row(model.config["preset"], weights, b, model) for b in backends]
+        # name what differs from the lean default, e.g. the bundled model's stride-4 decoder
+        changed = [f"{k} {v}" for k, v in model.config.items()
+                   if k != "num_classes" and lean.config.get(k) != v
+                   and k != "preset"] if model.config["preset"] == lean.config["preset"] else []
+        label = model.config["preset"] + (f" ({', '.join(changed)})" if 0 < len(changed) <= 2
+                                          else "")  # a wholly other network: its preset only
+        rows += [Row(label, weights, b, model) for b in backends]
     return rows
 
 
