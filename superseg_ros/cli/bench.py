@@ -110,6 +110,18 @@ def architecture(model) -> dict:
     return {k: v for k, v in model.config.items() if k != "num_classes"}
 
 
+def row_label(model, lean) -> str:
+    """The model's preset, and what differs from the lean default when that is one or two
+    settings (the bundled model: 'lean (decoder_stride 4)'); a wholly other network of the
+    same preset (another encoder, widths) is named by its preset only."""
+    conf = model.config
+    if conf["preset"] != lean.config["preset"]:
+        return conf["preset"]
+    changed = [f"{k} {v}" for k, v in conf.items()
+               if k not in ("preset", "num_classes") and lean.config.get(k) != v]
+    return conf["preset"] + (f" ({', '.join(changed)})" if 0 < len(changed) <= 2 else "")
+
+
 def plan_rows(spec: str | None, backends: list[str]) -> list[Row]:
     """The reference row, the lean rows and the --model rows (see the module's docstring)."""
     import torch
@@ -130,13 +142,7 @@ def plan_rows(spec: str | None, backends: list[str]) -> list[Row]:
         lean, lean_weights = model, weights
     rows += [Row(lean.config["preset"], lean_weights, b, lean) for b in backends]
     if model is not lean:
-        # name what differs from the lean default, e.g. the bundled model's stride-4 decoder
-        changed = [f"{k} {v}" for k, v in model.config.items()
-                   if k != "num_classes" and lean.config.get(k) != v
-                   and k != "preset"] if model.config["preset"] == lean.config["preset"] else []
-        label = model.config["preset"] + (f" ({', '.join(changed)})" if 0 < len(changed) <= 2
-                                          else "")  # a wholly other network: its preset only
-        rows += [Row(label, weights, b, model) for b in backends]
+        rows += [Row(row_label(model, lean), weights, b, model) for b in backends]
     return rows
 
 
