@@ -342,9 +342,7 @@ def main(argv=None) -> int:
         try:
             wire.wait_for_node(process, args.timeout)
         except RuntimeError as exc:
-            print(f"burst: error: {exc}; the node's log:\n{log.read_text()[-4000:]}",
-                  file=sys.stderr)
-            return 1
+            return soak.report_node_error("burst", exc, log)
         pid = soak.node_pid(process.pid)
 
         def spin():
@@ -373,9 +371,7 @@ def main(argv=None) -> int:
                 break
         died = None if process.poll() is None else f"exited with {process.returncode}"
     except RuntimeError as exc:
-        print(f"burst: error: {exc}; the node's log:\n{log.read_text()[-4000:]}",
-              file=sys.stderr)
-        return 1
+        return soak.report_node_error("burst", exc, log)
     finally:
         spinning.set()
         if spinner is not None:

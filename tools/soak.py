@@ -103,6 +103,13 @@ def percentiles(values: list[float]) -> tuple[float | None, float | None]:
     return round(at(0.5), 1), round(at(0.95), 1)
 
 
+def report_node_error(tool: str, exc: Exception, log: Path) -> int:
+    """Prints what went wrong with the node and the end of its log; the tool's exit code (1)."""
+    print(f"{tool}: error: {exc}; the node's log ({log}):\n{log.read_text()[-4000:]}",
+          file=sys.stderr)
+    return 1
+
+
 def children(pid: int) -> list[int]:
     """Direct children of `pid` (every thread's /proc/<pid>/task/<tid>/children)."""
     kids = []
@@ -560,9 +567,7 @@ def main(argv=None) -> int:
         try:
             wire.wait_for_node(process, args.timeout)
         except RuntimeError as exc:
-            print(f"soak: error: {exc}; the node's log ({log}):\n{log.read_text()[-4000:]}",
-                  file=sys.stderr)
-            return 1
+            return report_node_error("soak", exc, log)
         pid = node_pid(process.pid)
         config.update(node_pid=pid, node_cmdline=cmdline(pid), launcher_pid=process.pid)
         wire.spin_until(lambda: wire.values, 5)
