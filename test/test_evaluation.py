@@ -222,6 +222,40 @@ def test_hpatches_resize_rescales_H_consistently(hpatches_root):
     assert np.abs(rewarped[inner] - pair.image_b[inner]).mean() < 6
 
 
+def test_hpatches_sequence_with_images_of_different_sizes(tmp_path):
+    """Real HPatches sequences hold images of different sizes (e.g. v_bird: 1 is 600x800, 2 is
+    593x800): H maps image 1's pixels into image k's own frame, and a resize to a fixed size
+    rescales H by each image's own factors."""
+    folder = tmp_path / "v_sizes"
+    folder.mkdir()
+    ref = render_scene(90, 120, seed=5)
+    H = np.array([[1.05, 0.02, 3.0], [-0.01, 0.98, 4.0], [1e-5, 2e-5, 1.0]])
+    other = cv2.warpPerspective(ref, H, (150, 110), flags=cv2.INTER_LINEAR)  # 110x150
+    cv2.imwrite(str(folder / "1.ppm"), cv2.cvtColor(ref, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "2.ppm"), cv2.cvtColor(other, cv2.COLOR_RGB2BGR))
+    (folder / "H_1_2").write_text("\n".join(" ".join(f"{v:.10e}" for v in row) for row in H))
+    pair = hpatches_pairs(folder)[0]
+    assert pair.image_a.shape == (90, 120, 3) and pair.image_b.shape == (110, 150, 3)
+    np.testing.assert_allclose(pair.H, H, rtol=1e-9)
+    sized = hpatches_pairs(folder, size=(48, 64))[0]
+    assert sized.image_a.shape == sized.image_b.shape == (48, 64, 3)
+    s_a, s_b = scaling_matrix(64 / 120, 48 / 90), scaling_matrix(64 / 150, 48 / 110)
+    np.testing.assert_allclose(sized.H, s_b @ H @ np.linalg.inv(s_a), rtol=1e-9)
+    # a point of image 1 lands at the same place of image 2 with either route
+    corner = np.array([[60.0, 40.0]])
+    np.testing.assert_allclose(warp_points(sized.H, warp_points(s_a, corner)),
+                               warp_points(s_b, warp_points(H, corner)), atol=1e-9)
+    # the metrics take pairs whose images differ in size
+    kp = np.array([[30.0, 30.0], [60.0, 40.0], [90.0, 60.0], [20.0, 70.0], [100.0, 20.0]])
+    feat_a = {"keypoints": kp, "descriptors": distinct_descriptors(len(kp))}
+    feat_b = {"keypoints": warp_points(H, kp), "descriptors": feat_a["descriptors"]}
+    result = M.evaluate_pair(feat_a, feat_b, pair.H, pair.image_a.shape[:2],
+                             pair.image_b.shape[:2])
+    assert result["repeatability@3px"] == 1.0 and result["localization_error"] < 1e-6
+    with pytest.raises(DatasetError, match="not both"):
+        hpatches_pairs(folder, max_side=50, size=(48, 64))
+
+
 def test_hpatches_errors_name_the_file(tmp_path, hpatches_root):
     root, _ = hpatches_root
     (root / "i_fixture" / "H_1_3").unlink()
@@ -300,6 +334,20 @@ def test_superseg_adapter_and_ablation_switch(tiny_model):
     assert method.info["semantic_filter"] == "off" and "untrained" in method.info["note"]
 
 
+@pytest.mark.parametrize("budget", [5, 25, 200])
+def test_keypoint_counts_respect_the_budget(tiny_model, budget):
+    """Every method returns at most the budget; with the detection threshold at 0 the model
+    fills it on a textured image (its NMS leaves far more than 200 peaks at 120x160)."""
+    image = render_scene(120, 160, seed=6)
+    methods = [make_sift(), make_orb(),
+               make_superseg(tiny_model, "tiny", max_keypoints=budget),
+               make_superseg(tiny_model, "tiny", name="filled", max_keypoints=budget,
+                             extractor_config={"detection_threshold": 0.0})]
+    counts = {m.name: len(m.extract(image, budget)["keypoints"]) for m in methods}
+    assert all(0 < n <= budget for n in counts.values()), counts
+    assert counts["filled"] == budget
+
+
 def test_custom_methods_are_checked():
     bad = Method("bad", lambda im, k: {"keypoints": np.zeros((3, 2)),
                                        "descriptors": np.zeros((2, 4))})
@@ -357,6 +405,11 @@ def test_cli_end_to_end_on_generated_pairs(tmp_path, image_folder, capsys):
     (["--images", "IMAGES", "--homography", "spin=3"], "unknown homography key 'spin'"),
     (["--images", "IMAGES", "--pairs", "0"], "--pairs 0"),
     (["--hpatches", "IMAGES", "--pairs", "3"], "only apply to --images"),
+    (["--images", "IMAGES", "--size", "48", "64"], "--size only applies to --hpatches"),
+    (["--hpatches", "IMAGES", "--size", "8", "64"], "both sides must be >= 16"),
+    (["--hpatches", "IMAGES", "--size", "48", "64", "--resize", "60"], "give one"),
+    (["--segmentation", "IMAGES", "--dataset", "camvid", "--semantic-filter", "off"],
+     "--segmentation always measures the filter"),
     (["--images", "IMAGES", "--model", "MISSING.pt"], "no such checkpoint file"),
 ])
 def test_cli_bad_input_exits_2_with_what_to_fix(tmp_path, image_folder, capsys, args, message):
@@ -386,6 +439,12 @@ def test_ablation_variants_follow_the_model(tiny_model):
     methods, notes = model_methods(ImageAsHeatmap(), "trained", ("semantic",), max_keypoints=10)
     assert [(m.name, m.info["semantic_filter"]) for m in methods] == [
         ("superseg", "on"), ("superseg-no-semantic", "off")] and not notes
+    # the detector as the base row (--semantic-filter off): the ablation turns the filter on
+    methods, notes = model_methods(ImageAsHeatmap(), "trained", ("subpixel", "semantic"),
+                                   semantic_filter="off", max_keypoints=10)
+    assert [(m.name, m.info["semantic_filter"], m.info["subpixel"]) for m in methods] == [
+        ("superseg", "off", True), ("superseg-no-subpixel", "off", False),
+        ("superseg-with-semantic", "on", True)] and not notes
 
 
 def test_plots_are_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch):

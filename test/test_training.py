@@ -133,6 +133,59 @@ def test_shapes_items_are_reproducible_and_labelled():
     assert not torch.equal(ds[8]["image"], a["image"])
 
 
+def test_scaled_crop_transform_follows_the_pixels():
+    """T maps a file pixel to where its content lands in the crop, at any drawn scale."""
+    image = np.zeros((90, 120), np.uint8)
+    cv2.circle(image, (70, 40), 6, 255, -1)
+    labels = np.zeros((90, 120), np.uint8)
+    labels[30:50, 60:80] = 7
+    scales = set()
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        crop, crop_labels, T = data.scaled_crop(image, (48, 64), [0.5, 1.0], rng, labels)
+        again = data.scaled_crop(image, (48, 64), [0.5, 1.0], np.random.default_rng(seed), labels)
+        assert np.array_equal(crop, again[0]) and np.allclose(T, again[2])  # seeded
+        assert crop.shape == crop_labels.shape == (48, 64)
+        scales.add(round(T[0, 0], 3))
+        x, y = warp_points(T, np.array([[70.0, 40.0]]))[0]
+        if 8 <= x <= 56 and 8 <= y <= 40:  # the blob is inside the crop
+            w = crop.astype(float)
+            ys, xs = np.mgrid[0:48, 0:64]
+            assert abs((w * xs).sum() / w.sum() - x) < 0.3
+            assert abs((w * ys).sum() / w.sum() - y) < 0.3
+            assert crop_labels[int(round(y)), int(round(x))] == 7
+    assert len(scales) > 3 and min(scales) >= 64 / 120 - 1e-9  # never below covering the crop
+    _, _, T = data.scaled_crop(image, (48, 64), None, np.random.default_rng(0))
+    assert T[0, 0] == pytest.approx(max(48 / 90, 64 / 120))  # None: just cover
+
+
+@pytest.mark.parametrize("scale", [None, [0.4, 1.0]])
+def test_pair_labels_follow_the_crop_and_the_homography(tmp_path, scale):
+    """A's labels are the file's corners moved by the random scale and crop (item i's generator
+    draws them first), and B's are A's moved by H."""
+    images, labels = write_labelled_folder(tmp_path, n=2, size=(64, 96))
+    size = [64, 96] if scale is None else [32, 48]
+    ds = data.PairDataset({"images": str(images), "labels": str(labels), "size": size,
+                           "scale": scale}, {}, {"enabled": False}, 3, seed=0)
+    for index in range(3):
+        item = ds[index]
+        path = ds.image_for(index)
+        corners = np.load(labels / f"{path.stem}.npz")["keypoints"]
+        _, _, T = data.scaled_crop(data.read_rgb(path), size, scale,
+                                   np.random.default_rng((0, 3, index)))
+        for view, H in (("a", np.eye(3)), ("b", item["H"].numpy())):
+            expected = warp_points(H @ T, corners)
+            pixels, offsets, has = label_pixels(item[f"labels_{view}"][None],
+                                                item[f"offsets_{view}"][None],
+                                                item[f"valid_cells_{view}"][None])
+            got = (pixels[0][has[0]].double() + offsets[0][has[0]].double()).numpy()
+            if len(got):
+                assert np.linalg.norm(got[:, None] - expected[None], axis=-1).min(1).max() < 1e-4
+    with pytest.raises(ConfigError, match="data.scale"):
+        data.PairDataset({"images": str(images), "labels": str(labels), "scale": [1.0, 0.5]},
+                         {}, {}, 3, seed=0)
+
+
 def test_pair_labels_follow_the_homography(tmp_path):
     images, labels = write_labelled_folder(tmp_path, n=2, size=(64, 96))
     ds = data.PairDataset({"images": str(images), "labels": str(labels), "size": [64, 96]},
@@ -161,6 +214,30 @@ def test_pair_dataset_reports_missing_labels(tmp_path):
     (labels / "001.npz").unlink()
     with pytest.raises(ConfigError, match="1 of 2 images have no pseudo-labels"):
         data.PairDataset({"images": str(images), "labels": str(labels)}, {}, {}, 3, 0)
+
+
+def test_photometric_augmentation_is_deterministic_per_seed():
+    rng = np.random.default_rng(11)
+    image = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
+    conf = augment.photometric_config({"probability": 1.0})
+    outs = [augment.photometric_augment(image, np.random.default_rng(s), conf) for s in (1, 1, 2)]
+    assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
+    assert outs[0].dtype == np.uint8 and outs[0].shape == image.shape
+    # each op alone, too: the same seed gives the same image, and the op changes it
+    for op in augment.OPS:
+        only = augment.photometric_config({"probability": 1.0, **{
+            other: value for other, value in (("brightness", 0.0), ("contrast", [1.0, 1.0]),
+                                              ("gaussian_noise", [0.0, 0.0]),
+                                              ("speckle", [0.0, 0.0]), ("shade", [0.0, 0.0]),
+                                              ("motion_blur", 0), ("gamma", [1.0, 1.0]),
+                                              ("gaussian_blur", [0.0, 0.0]), ("colour", 0.0))
+            if other != op}})
+        a = augment.photometric_augment(image, np.random.default_rng(5), only)
+        b = augment.photometric_augment(image, np.random.default_rng(5), only)
+        assert np.array_equal(a, b), op
+        assert not np.array_equal(a, image), op
+    with pytest.raises(ConfigError, match="photometric.gamma"):
+        augment.photometric_config({"gamma": [0.0, 2.0]})
 
 
 def test_photometric_augmentation_keeps_geometry():

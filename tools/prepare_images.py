@@ -9,7 +9,9 @@ Each source folder (its images, sorted by name) is split into a training part an
 block leaks less than a random pick). A folder given with `--train-only` goes wholly to training:
 use it for a dataset whose held-out part lives elsewhere (CamVid's `train/`, whose `val/` is the
 held-out set). Images are scaled (aspect kept) so they just cover
-`--cover H W`, the training crop, and written flat as <output>/{train,heldout}/<folder>__<name>.png
+`--cover H W`, the training crop (with `--no-upscale`, smaller images are kept at their own size:
+the training loader scales them up to the crop itself, and upscaled copies only cost adaptation
+time), and written flat as <output>/{train,heldout}/<folder>__<name>.png
 with split.json listing every file. The output is a local cache outside the repository: the
 source licences forbid redistribution, so never commit it.
 """
@@ -34,8 +36,11 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--train-only", nargs="+", type=Path, default=[], metavar="FOLDER",
                         help="folders used wholly for training (no held-out part)")
+    parser.add_argument("--no-upscale", action="store_true",
+                        help="keep images that are smaller than --cover at their own size")
     args = parser.parse_args(argv)
-    split = {"cover_hw": args.cover, "holdout": args.holdout, "train": [], "heldout": []}
+    split = {"cover_hw": args.cover, "holdout": args.holdout, "no_upscale": args.no_upscale,
+             "train": [], "heldout": []}
     train_only = set(args.train_only)
     for source in [*args.sources, *args.train_only]:
         if not source.is_dir():
@@ -53,9 +58,12 @@ def main(argv=None) -> int:
                 continue
             h, w = image.shape[:2]
             scale = max(args.cover[0] / h, args.cover[1] / w)
-            size = (max(args.cover[1], round(w * scale)), max(args.cover[0], round(h * scale)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1
-                               else cv2.INTER_LINEAR)
+            if args.no_upscale and scale > 1:
+                scale = 1.0
+            elif scale != 1:
+                size = (max(args.cover[1], round(w * scale)), max(args.cover[0], round(h * scale)))
+                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1
+                                   else cv2.INTER_LINEAR)
             # camvid/train -> camvid_train__<name>: a bare 'train' would not say which dataset
             prefix = source.name if source.name not in ("train", "val", "test") \
                 else f"{source.parent.name}_{source.name}"

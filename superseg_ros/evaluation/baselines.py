@@ -145,23 +145,29 @@ def make_superseg(model, description: str, *, name: str = "superseg", max_keypoi
 ABLATIONS = ("subpixel", "semantic")
 
 
-def model_methods(model, description: str, ablations=(),
+def model_methods(model, description: str, ablations=(), semantic_filter: str = "auto",
                   **kwargs) -> tuple[list[Method], list[str]]:
-    """The model as deployed, plus one variant per ablation switch; and notes on skipped ones.
+    """The model as configured (`semantic_filter` auto/on/off), plus one variant per ablation
+    switch; and notes on skipped ones.
 
     subpixel: the same model with keypoints left on the NMS grid.
-    semantic: the same model without the semantic filter (only if the filter is active, i.e.
-              the semantic head was trained; an untrained head would filter by noise).
+    semantic: the same model with the semantic filter switched the other way: without it when
+              it is on, with it when it was turned off by choice (only if the semantic head was
+              trained; an untrained head would filter by noise).
     """
-    base = make_superseg(model, description, **kwargs)
+    base = make_superseg(model, description, semantic_filter=semantic_filter, **kwargs)
     methods, notes = [base], []
     if "subpixel" in ablations:
         methods.append(make_superseg(model, description, name="superseg-no-subpixel",
+                                     semantic_filter=semantic_filter,
                                      **{**kwargs, "subpixel": False}))
     if "semantic" in ablations:
         if base.info["semantic_filter"] == "on":
             methods.append(make_superseg(model, description, name="superseg-no-semantic",
                                          **{**kwargs, "semantic_filter": "off"}))
+        elif semantic_filter == "off" and model.trained_heads["semantic"]:
+            methods.append(make_superseg(model, description, name="superseg-with-semantic",
+                                         **{**kwargs, "semantic_filter": "on"}))
         else:
             notes.append("semantic ablation skipped: the model's semantic filter is off "
                          "(semantic head untrained), so with and without are the same run")

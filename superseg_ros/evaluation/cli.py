@@ -84,6 +84,12 @@ def parse_args(argv):
     p.add_argument("--max-keypoints", type=int, default=1000, help="budget per image and method")
     p.add_argument("--resize", type=int, metavar="MAX_SIDE",
                    help="downscale images so the longer side is at most MAX_SIDE (H rescaled)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="with --hpatches: resize every image to exactly HxW, H rescaled "
+                        "(SuperPoint's protocol: --size 480 640)")
+    p.add_argument("--semantic-filter", choices=("auto", "on", "off"), default="auto",
+                   help="the model's semantic filter (default auto: on when its semantic head "
+                        "was trained); off measures the detector on non-street images")
     p.add_argument("--baselines",
                    help=f"comma list of {', '.join(BASELINES)}, or 'none' (default sift,orb)")
     p.add_argument("--ablations", default="",
@@ -128,7 +134,13 @@ def build_dataset(args):
         if args.pairs is not None or args.homography:
             raise UsageError("--pairs and --homography only apply to --images (HPatches pairs "
                              "come with their own homographies)")
-        return hpatches_pairs(args.hpatches, args.resize)
+        if args.size is not None and min(args.size) < 16:
+            raise UsageError(f"--size {args.size[0]} {args.size[1]}: both sides must be >= 16")
+        if args.size is not None and args.resize is not None:
+            raise UsageError("--size and --resize: give one (an exact size or a maximum side)")
+        return hpatches_pairs(args.hpatches, args.resize, args.size)
+    if args.size is not None:
+        raise UsageError("--size only applies to --hpatches (use --resize with --images)")
     pairs = 50 if args.pairs is None else args.pairs
     if pairs < 1:
         raise UsageError(f"--pairs {pairs}: need at least one pair")
@@ -141,12 +153,13 @@ def build_methods(args, baselines, ablations):
     torch.manual_seed(args.seed)  # a random model is then the same network on every run
     model, description = open_model(args.model, device)
     methods, notes = model_methods(model, description, ablations, max_keypoints=args.max_keypoints,
-                                   device=device, extractor_config={"backend": args.backend})
+                                   device=device, extractor_config={"backend": args.backend},
+                                   semantic_filter=args.semantic_filter)
     methods += [BASELINES[name]() for name in baselines]
     return methods, notes, description, device
 
 
-PAIR_FLAGS = ("pairs", "homography", "resize", "baselines", "ablations")
+PAIR_FLAGS = ("pairs", "homography", "resize", "size", "baselines", "ablations")
 SEGMENTATION_FLAGS = ("dataset", "split", "force_semantic")
 
 
@@ -157,6 +170,9 @@ def check_flags(args) -> None:
     if args.overlays is not None and args.overlays < 0:
         raise UsageError("--overlays must be >= 0")
     segmentation = args.segmentation is not None
+    if segmentation and args.semantic_filter != "auto":
+        raise UsageError("--semantic-filter: only with --hpatches or --images (--segmentation "
+                         "always measures the filter)")
     misplaced = [name for name in (PAIR_FLAGS if segmentation else SEGMENTATION_FLAGS)
                  if getattr(args, name) not in (None, False, [], "")]
     if misplaced:
@@ -195,7 +211,8 @@ def main(argv=None) -> int:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": description, "dataset": dataset.description, "seed": args.seed,
         "max_keypoints": args.max_keypoints,
-        "resolution": {"max_side": args.resize, **run["sizes"]},
+        "resolution": {"max_side": args.resize, "size_hw": args.size, **run["sizes"]},
+        "semantic_filter": args.semantic_filter,
         "baselines": baselines, "ablations": ablations, "device": str(device),
         "backend": args.backend,
         "correct_px": M.CORRECT_PX,

@@ -52,6 +52,18 @@ def resize_to_max_side(image: np.ndarray, max_side: int | None):
     return resized, scaling_matrix(new_w / w, new_h / h)  # exact per-axis factors after rounding
 
 
+def resize_to_size(image: np.ndarray, size_hw):
+    """(image, S): resized to exactly `size_hw` = (H, W), aspect not kept (SuperPoint's HPatches
+    protocol at 480x640); S maps old pixels to new ones (pixel-centre convention)."""
+    h, w = image.shape[:2]
+    new_h, new_w = (int(v) for v in size_hw)
+    if (new_h, new_w) == (h, w):
+        return image, np.eye(3)
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA
+                         if new_h * new_w < h * w else cv2.INTER_LINEAR)
+    return resized, scaling_matrix(new_w / w, new_h / h)
+
+
 def read_homography_file(path: Path) -> np.ndarray:
     """A plain-text 3x3 matrix (any whitespace) -> float64 with H[2, 2] = 1, or a DatasetError."""
     try:
@@ -120,8 +132,14 @@ def _sequence_pairs(folder: Path) -> list[tuple[Path, Path, Path]]:
 class HPatchesPairs:
     """Pairs (1, k) of every sequence under `root`, H files checked up front, images read lazily."""
 
-    def __init__(self, root: str | Path, max_side: int | None = None):
+    def __init__(self, root: str | Path, max_side: int | None = None,
+                 size: tuple[int, int] | None = None):
+        """`max_side`: downscale each image so its longer side is at most this; `size` (H, W):
+        resize every image to exactly this (one or neither)."""
+        if max_side and size:
+            raise DatasetError("give a maximum side or an exact size, not both")
         self.root, self.max_side = Path(root), max_side
+        self.size = None if size is None else tuple(int(v) for v in size)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: no such folder (expected HPatches sequences)")
         if _naming(_images_by_stem(self.root)):
@@ -142,6 +160,7 @@ class HPatchesPairs:
         self.description = {
             "kind": "hpatches", "root": str(self.root), "sequences": len(folders),
             "pairs": len(self.items), "max_side": max_side,
+            "size_hw": None if size is None else list(self.size),
             "groups": {g: sum(1 for it in self.items if it[4] == g)
                        for g in sorted({it[4] for it in self.items})},
         }
@@ -155,13 +174,20 @@ class HPatchesPairs:
     def __getitem__(self, index: int) -> Pair:
         """Pair `index`, images read now (a ValueError names an unreadable file)."""
         path_a, path_b, h, name, group = self.items[index]
-        image_a, s_a = resize_to_max_side(read_rgb(path_a), self.max_side)
-        image_b, s_b = resize_to_max_side(read_rgb(path_b), self.max_side)
+        image_a, s_a = self.resize(read_rgb(path_a))
+        image_b, s_b = self.resize(read_rgb(path_b))
         return Pair(image_a, image_b, s_b @ h @ np.linalg.inv(s_a), name, group)
 
 
-def hpatches_pairs(root: str | Path, max_side: int | None = None) -> HPatchesPairs:
-    return HPatchesPairs(root, max_side)
+    def resize(self, image: np.ndarray):
+        if self.size is not None:
+            return resize_to_size(image, self.size)
+        return resize_to_max_side(image, self.max_side)
+
+
+def hpatches_pairs(root: str | Path, max_side: int | None = None,
+                   size: tuple[int, int] | None = None) -> HPatchesPairs:
+    return HPatchesPairs(root, max_side, size)
 
 
 # --- generated pairs -----------------------------------------------------------------------------

@@ -1,9 +1,13 @@
-"""Photometric augmentation (SuperPoint's list), per image, in numpy.
+"""Photometric augmentation, per image, in numpy: SuperPoint's list plus the appearance changes
+of real image pairs (HPatches' illumination sequences, defocus, white balance).
 
 Every operation leaves keypoint positions where they are: brightness, contrast, additive Gaussian
-and speckle noise, a smooth additive shade, and a centred motion-blur kernel (symmetric, so an edge
-is blurred but not moved on average). Ops are applied in random order, each with `probability`.
-Images are uint8 (H, W) or (H, W, C); the result has the same shape and dtype.
+and speckle noise, a smooth multiplicative shade, a centred motion-blur kernel (symmetric, so an
+edge is blurred but not moved on average), a gamma curve (a non-linear illumination change), a
+Gaussian defocus blur and per-channel gains (colour cast). Ops are applied in random order, each
+with `probability`; the result depends only on the image, the config and the generator's state, so
+a seeded generator gives the same image every time. Images are uint8 (H, W) or (H, W, C); the
+result has the same shape and dtype.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..config import merge_config
+from ..config import ConfigError, merge_config
 
 DEFAULT_CONFIG = {
     "enabled": True,
@@ -23,13 +27,22 @@ DEFAULT_CONFIG = {
     "shade": [-0.5, 0.8],             # smooth multiplicative shade: 1 + s * field, s in range
     "shade_kernel": [100, 150],       # px, size of the shade's blobs
     "motion_blur": 7,                 # max kernel size (odd); 0 disables
+    "gamma": [0.5, 2.0],              # x = 255 (x / 255)^g, g log-uniform (illumination curve)
+    "gaussian_blur": [0.0, 1.5],      # defocus: sigma range in px; 0 leaves the image
+    "colour": 0.15,                   # per-channel gain uniform in [1 - c, 1 + c] (RGB only)
 }
 
-OPS = ("brightness", "contrast", "gaussian_noise", "speckle", "shade", "motion_blur")
+OPS = ("brightness", "contrast", "gaussian_noise", "speckle", "shade", "motion_blur", "gamma",
+       "gaussian_blur", "colour")
 
 
 def photometric_config(overrides: dict | None = None) -> dict:
-    return merge_config(DEFAULT_CONFIG, overrides, where="photometric")
+    conf = merge_config(DEFAULT_CONFIG, overrides, where="photometric")
+    lo, hi = (float(v) for v in conf["gamma"])
+    if not 0 < lo <= hi:
+        raise ConfigError(f"photometric.gamma must be [lo, hi] with 0 < lo <= hi, got "
+                          f"{conf['gamma']}")
+    return conf
 
 
 def _brightness(x, rng, conf):
@@ -79,8 +92,29 @@ def _motion_blur(x, rng, conf):
     return cv2.filter2D(x, -1, kernel, borderType=cv2.BORDER_REFLECT)
 
 
+def _gamma(x, rng, conf):
+    lo, hi = conf["gamma"]
+    g = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    return 255.0 * (np.clip(x, 0, 255) / 255.0) ** g
+
+
+def _gaussian_blur(x, rng, conf):
+    sigma = rng.uniform(*conf["gaussian_blur"])
+    if sigma < 0.1:
+        return x
+    return cv2.GaussianBlur(x, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+
+
+def _colour(x, rng, conf):
+    c = float(conf["colour"])
+    if x.ndim != 3 or c <= 0:
+        return x
+    return x * rng.uniform(1 - c, 1 + c, x.shape[2]).astype(np.float32)
+
+
 _APPLY = {"brightness": _brightness, "contrast": _contrast, "gaussian_noise": _gaussian_noise,
-          "speckle": _speckle, "shade": _shade, "motion_blur": _motion_blur}
+          "speckle": _speckle, "shade": _shade, "motion_blur": _motion_blur, "gamma": _gamma,
+          "gaussian_blur": _gaussian_blur, "colour": _colour}
 
 
 def photometric_augment(image: np.ndarray, rng: np.random.Generator, conf: dict) -> np.ndarray:

@@ -89,6 +89,40 @@ def keypoint_targets(points: np.ndarray, valid: np.ndarray, rng: np.random.Gener
             "valid_cells": torch.from_numpy(cells)}
 
 
+def scaled_crop(image: np.ndarray, size, scale, rng: np.random.Generator,
+                extra: np.ndarray | None = None):
+    """(image crop, extra crop, T): `image` resized by a log-uniform factor in `scale` (never below
+    the factor that covers `size` = (H, W); scale None = exactly that factor, no random draw),
+    cropped to `size` at a random place. `extra` (an (H, W) label map) follows with nearest
+    neighbour. T (3x3) maps file pixels to crop pixels (pixel-centre convention)."""
+    height, width = (int(v) for v in size)
+    h0, w0 = image.shape[:2]
+    cover = max(height / h0, width / w0)
+    if scale is None:
+        s = cover
+    else:
+        lo, hi = (max(float(v), cover) for v in scale)
+        s = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > lo else lo
+    h1, w1 = max(height, round(h0 * s)), max(width, round(w0 * s))
+    if (h1, w1) != (h0, w0):
+        image = cv2.resize(image, (w1, h1), interpolation=cv2.INTER_AREA if s < 1
+                           else cv2.INTER_LINEAR)
+        if extra is not None:
+            extra = cv2.resize(extra, (w1, h1), interpolation=cv2.INTER_NEAREST_EXACT)
+    top = int(rng.integers(0, h1 - height + 1))
+    left = int(rng.integers(0, w1 - width + 1))
+    window = (slice(top, top + height), slice(left, left + width))
+    return (np.ascontiguousarray(image[window]),
+            None if extra is None else np.ascontiguousarray(extra[window]),
+            crop_transform(left, top, w1 / w0, h1 / h0))
+
+
+def crop_transform(left: int, top: int, sx: float, sy: float) -> np.ndarray:
+    """Pixels of a frame -> pixels of its crop at (left, top) after resizing by (sx, sy)."""
+    crop = np.array([[1, 0, -left], [0, 1, -top], [0, 0, 1]], np.float64)
+    return crop @ scaling_matrix(sx, sy)
+
+
 def warp_view(image: np.ndarray, points: np.ndarray, H: np.ndarray):
     """Image B = image warped by H (black outside A, as SuperPoint), its valid pixels, and the
     points moved by H."""
@@ -150,6 +184,8 @@ PAIR_DATA_DEFAULTS = {
     "label_rounds": 1,            # with labels: adapt -- label, train, relabel, train ...
     "exclude": [],                # file names (stems) never used, e.g. held out for evaluation
     "size": [240, 320],           # training crop (H, W); images are scaled to cover it first
+    "scale": None,                # [lo, hi]: resize factor of the file before cropping
+                                  # (log-uniform, never below covering `size`); None = cover
     "validation_images": "",      # folder for validation pairs ("" = no validation)
     "validation_pairs": 16,
 }
@@ -195,6 +231,11 @@ class PairDataset(Dataset):
         self.height, self.width = self.data["size"]
         if self.height % CELL or self.width % CELL:
             raise ConfigError(f"data.size must be multiples of {CELL}, got {self.data['size']}")
+        scale = self.data["scale"]
+        if scale is not None and not (isinstance(scale, (list, tuple)) and len(scale) == 2
+                                      and 0 < float(scale[0]) <= float(scale[1])):
+            raise ConfigError(f"data.scale must be [lo, hi] with 0 < lo <= hi, or null; "
+                              f"got {scale}")
         missing = [p for p in self.images if not label_path(self.labels_dir, self.images_dir,
                                                              p).is_file()]
         if missing:
@@ -213,8 +254,8 @@ class PairDataset(Dataset):
         return self.images[order[position]]
 
     def load(self, path: Path, rng: np.random.Generator):
-        """The image scaled to cover `size` (aspect kept) and cropped at a random place, with its
-        labels moved the same way."""
+        """The image scaled (aspect kept; `scale`, at least covering `size`) and cropped at a
+        random place, with its labels moved the same way."""
         image = read_rgb(path)
         labels = self._read_labels(label_path(self.labels_dir, self.images_dir, path))
         h0, w0 = image.shape[:2]
@@ -222,16 +263,7 @@ class PairDataset(Dataset):
             raise ValueError(f"{path}: pseudo-labels were made for a "
                              f"{tuple(labels['image_size'])} image, the file is {h0}x{w0}; "
                              "re-run superseg-adapt")
-        scale = max(self.height / h0, self.width / w0)
-        h1, w1 = max(self.height, round(h0 * scale)), max(self.width, round(w0 * scale))
-        if (h1, w1) != (h0, w0):
-            image = cv2.resize(image, (w1, h1), interpolation=cv2.INTER_AREA if scale < 1
-                               else cv2.INTER_LINEAR)
-        top = int(rng.integers(0, h1 - self.height + 1))
-        left = int(rng.integers(0, w1 - self.width + 1))
-        image = np.ascontiguousarray(image[top:top + self.height, left:left + self.width])
-        crop = np.array([[1, 0, -left], [0, 1, -top], [0, 0, 1]], np.float64)
-        to_crop = crop @ scaling_matrix(w1 / w0, h1 / h0)
+        image, _, to_crop = scaled_crop(image, (self.height, self.width), self.data["scale"], rng)
         points = warp_points(to_crop, labels["keypoints"]) if len(labels["keypoints"]) \
             else np.zeros((0, 2))
         return image, points

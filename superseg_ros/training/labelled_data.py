@@ -41,7 +41,7 @@ from ..semantics import IGNORE, check_mode, ontology
 from .augment import photometric_augment, photometric_config
 from .camvid import CamVidFrames
 from .cityscapes import CityscapesError, CityscapesFrames
-from .data import keypoint_targets, label_path, to_tensor, warp_view
+from .data import keypoint_targets, label_path, scaled_crop, to_tensor, warp_view
 from .road_homography import (MILD_HOMOGRAPHY_CONFIG, compose_with_synthetic,
                               cityscapes_road_homography)
 from .synthetic_shapes import CELL
@@ -95,12 +95,6 @@ def labelled_data_config(data: dict | None) -> dict:
     if not conf["frame_rate"] > 0:
         raise ConfigError("data.frame_rate must be > 0")
     return conf
-
-
-def crop_transform(left: int, top: int, sx: float, sy: float) -> np.ndarray:
-    """Pixels of a frame -> pixels of its crop at (left, top) after resizing by (sx, sy)."""
-    crop = np.array([[1, 0, -left], [0, 1, -top], [0, 0, 1]], np.float64)
-    return crop @ scaling_matrix(sx, sy)
 
 
 def warp_labels(labels: np.ndarray, H: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -180,21 +174,9 @@ class LabelledPairs(Dataset):
 
     def view_a(self, frame: dict, rng: np.random.Generator):
         """(image, labels, T): the resized crop, its labels, and T = file pixels -> crop pixels."""
-        image, labels = frame["image"], frame["labels"][self.mode]
-        h0, w0 = image.shape[:2]
-        cover = max(self.height / h0, self.width / w0)
-        lo, hi = (max(float(v), cover) for v in self.data["scale"])
-        s = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > lo else lo
-        h1, w1 = max(self.height, round(h0 * s)), max(self.width, round(w0 * s))
-        if (h1, w1) != (h0, w0):
-            image = cv2.resize(image, (w1, h1), interpolation=cv2.INTER_AREA if s < 1
-                               else cv2.INTER_LINEAR)
-            labels = cv2.resize(labels, (w1, h1), interpolation=cv2.INTER_NEAREST_EXACT)
-        top = int(rng.integers(0, h1 - self.height + 1))
-        left = int(rng.integers(0, w1 - self.width + 1))
-        window = (slice(top, top + self.height), slice(left, left + self.width))
-        return (np.ascontiguousarray(image[window]), np.ascontiguousarray(labels[window]),
-                crop_transform(left, top, w1 / w0, h1 / h0))
+        image, labels, T = scaled_crop(frame["image"], (self.height, self.width),
+                                       self.data["scale"], rng, frame["labels"][self.mode])
+        return image, labels, T
 
     def item_geometry(self, index: int):
         """Everything geometric about item `index` before the photometric changes (tests)."""
