@@ -128,3 +128,37 @@ def test_overfitting_one_batch_lowers_every_loss():
     for name, before, after in zip(("detector", "descriptor", "subpixel", "segmentation"),
                                    first, last):
         assert after < before, f"{name} loss did not decrease: {before:.4f} -> {after:.4f}"
+
+
+def _peaks(points, shape=(32, 40)):
+    heat = torch.zeros(1, *shape)
+    for x, y in points:
+        heat[0, y, x] = 0.9
+    return heat
+
+
+def test_subpixel_consistency_pairs_peaks_through_H_and_measures_the_refined_gap():
+    """A's peaks moved by a translation of (2.4, -1.3) px land 0.4 / 0.3 px from B's integer
+    peaks: with zero offsets the loss is that gap (0.5 px); offsets that close it give ~0."""
+    points_a = [(5, 6), (20, 9), (12, 22), (30, 25)]
+    points_b = [(x + 2, y - 1) for x, y in points_a]
+    H = torch.tensor([[[1.0, 0, 2.4], [0, 1.0, -1.3], [0, 0, 1.0]]])
+    zero = torch.zeros(1, 2, 32, 40, requires_grad=True)
+    loss, n = losses.subpixel_consistency_loss(_peaks(points_a), _peaks(points_b), zero,
+                                               torch.zeros(1, 2, 32, 40), H)
+    assert n == 4 and loss.item() == pytest.approx(0.5, abs=1e-3)
+    loss.backward()
+    g = zero.grad[0, :, 6, 5]  # the gradient moves A's offset against the gap
+    assert g[0] > 0 and g[1] < 0
+    closing = torch.zeros(1, 2, 32, 40)
+    closing[0, 0], closing[0, 1] = 0.4, -0.3  # B's points refined onto H(A's)
+    loss, n = losses.subpixel_consistency_loss(_peaks(points_a), _peaks(points_b),
+                                               torch.zeros(1, 2, 32, 40), closing, H)
+    assert n == 4 and loss.item() < 0.011
+    # a peak of B with no partner within match_px, and an empty view, pair nothing
+    loss, n = losses.subpixel_consistency_loss(_peaks([(5, 6)]), _peaks([(15, 16)]),
+                                               zero, closing, H)
+    assert n == 0 and loss.item() == 0
+    loss, n = losses.subpixel_consistency_loss(torch.zeros(1, 32, 40), _peaks(points_b),
+                                               zero, closing, H)
+    assert n == 0 and loss.item() == 0

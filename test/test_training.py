@@ -298,6 +298,33 @@ def test_joint_stage_overfits_one_batch(tmp_path):
         assert h[-1][key] < 0.7 * h[0][key], key
 
 
+def test_train_only_the_subpixel_head_with_the_consistency_loss(tmp_path):
+    """train_only freezes every other part, BatchNorm statistics included; the consistency loss
+    alone moves the offsets."""
+    images, labels = write_labelled_folder(tmp_path)
+    conf = joint_config(tmp_path, images, labels, train_only=["subpixel"],
+                        loss={"max_points": 64, "detector": 0.0, "descriptor": 0.0,
+                              "subpixel": 0.0, "subpixel_consistency": 1.0},
+                        schedule={"iterations": 4, "decay": "constant"})
+    torch.manual_seed(0)
+    from superseg_ros.network import SuperSegmentation
+    model = SuperSegmentation(TINY)
+    init = tmp_path / "init.pt"
+    from superseg_ros.checkpoint import save_checkpoint
+    save_checkpoint(model, init)
+    conf["init"]["checkpoint"] = str(init)
+    trainer = Trainer(conf, progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run()
+    after = trainer.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("subpixel.") for k in changed), sorted(changed)[:5]
+    logged = [json.loads(line) for line in (Path(conf["output"]) / "metrics.jsonl").open()]
+    assert any("subpixel_consistency" in r for r in logged if r["kind"] == "train")
+    with pytest.raises(ConfigError, match="train_only"):
+        training_config({"stage": "joint", "train_only": ["decoder"]})
+
+
 # --- the trainer ---------------------------------------------------------------------------------
 
 

@@ -55,6 +55,9 @@ DEFAULT_CONFIG = {
     "num_workers": 0,             # DataLoader worker processes (0: in the training process)
     "amp": False,                 # fp16 autocast + GradScaler on CUDA (ignored on CPU)
     "grad_clip": 0.0,             # max gradient norm; 0 = no clipping
+    "train_only": [],             # model parts to train (encoder, neck, detector, descriptor,
+                                  # semantic, subpixel); the rest is frozen, BatchNorm statistics
+                                  # included. [] = the whole model
     "log_every": 25,              # steps between logged scalars
     "image_every": 250,           # steps between TensorBoard image overlays
     "checkpoint_every": 250,      # steps between checkpoints (always one at the end)
@@ -67,6 +70,8 @@ DEFAULT_CONFIG = {
         "timeout_minutes": 60,    # how long a process waits for the others (validation ...)
     },
 }
+
+TRAINABLE_PARTS = ("encoder", "neck", "detector", "descriptor", "semantic", "subpixel")
 
 # Keys that may change when a run is resumed: they do not change what is learned.
 RESUMABLE_CHANGES = ("output", "device", "threads", "num_workers", "log_every", "image_every",
@@ -97,6 +102,10 @@ def training_config(raw: dict | None, name: str = "experiment") -> dict:
         raise ConfigError("validate_every, num_workers and grad_clip must be >= 0")
     require_choice(conf["distributed"]["backend"], ("auto", "nccl", "gloo"),
                    "distributed.backend")
+    if not isinstance(conf["train_only"], list):
+        raise ConfigError(f"train_only must be a list of model parts, got {conf['train_only']!r}")
+    for part in conf["train_only"]:
+        require_choice(part, TRAINABLE_PARTS, "train_only")
     return conf
 
 

@@ -3,6 +3,9 @@
     detector_loss      cross-entropy of the 65-way cell logits (64 positions + dustbin)
     descriptor_loss    hardest-in-batch triplet loss on sampled correspondences
     subpixel_loss      L1 between predicted and true offsets at labelled keypoints
+    subpixel_consistency_loss
+                       the model's own peaks in two views, paired through H: the refined
+                       positions must land on each other (keypt2subpx's idea)
     segmentation_loss  cross-entropy with an ignore label, optionally class-weighted
                        (median_frequency_weights)
 
@@ -124,3 +127,45 @@ def median_frequency_weights(counts, power: float = 1.0) -> torch.Tensor:
         frequency = counts[present] / counts.sum()
         weights[present] = (frequency.quantile(0.5) / frequency) ** float(power)  # mean of the middle two
     return weights.float()
+
+
+def subpixel_consistency_loss(heatmap_a: torch.Tensor, heatmap_b: torch.Tensor,
+                              offsets_a: torch.Tensor, offsets_b: torch.Tensor,
+                              homography: torch.Tensor, valid_b: torch.Tensor | None = None,
+                              max_points: int = 256, nms_radius: int = 4,
+                              match_px: float = 2.0) -> tuple[torch.Tensor, int]:
+    """Sub-pixel offsets trained on what the localisation error measures.
+
+    heatmaps (B, H, W) (no gradient is taken through them); offsets (B, 2, H, W); homography
+    (B, 3, 3) maps A's pixels to B's; valid_b (B, H, W) bool. The best `max_points` NMS peaks of
+    each view are paired when H sends a peak of A within `match_px` of a peak of B and the two
+    are mutual nearest neighbours. Loss: mean over pairs of || H(p_a + o_a) - (p_b + o_b) ||
+    (a smoothed Euclidean distance, in px). Returns (loss, number of pairs); 0 without pairs.
+    """
+    with torch.no_grad():
+        h_a, h_b = heatmap_a.detach().float(), heatmap_b.detach().float()
+        if valid_b is not None:
+            h_b = h_b * valid_b.to(h_b.dtype)
+        xy_a, _, index_a, ok_a = pp.top_k_peaks(h_a, pp.nms_peaks(h_a, nms_radius) & (h_a > 0),
+                                                max_points)
+        xy_b, _, index_b, ok_b = pp.top_k_peaks(h_b, pp.nms_peaks(h_b, nms_radius) & (h_b > 0),
+                                                max_points)
+        if xy_a.shape[1] == 0 or xy_b.shape[1] == 0:
+            return offsets_a.sum() * 0.0, 0
+        warped = warp_points_torch(homography.to(xy_a.dtype), xy_a)
+        distance = torch.cdist(warped, xy_b)
+        distance = distance.masked_fill(~(ok_a[:, :, None] & ok_b[:, None, :]), float("inf"))
+        distance = distance.nan_to_num(float("inf"))
+        best_b = distance.argmin(2)                     # (B, Ka)
+        best_a = distance.argmin(1)                     # (B, Kb)
+        mutual = best_a.gather(1, best_b) == torch.arange(xy_a.shape[1], device=xy_a.device)
+        paired = mutual & (distance.gather(2, best_b[..., None])[..., 0] <= match_px)
+    n = int(paired.sum())
+    if n == 0:
+        return offsets_a.sum() * 0.0, 0
+    o_a = pp.gather_pixels(offsets_a, index_a)         # (B, Ka, 2)
+    o_b = pp.gather_pixels(offsets_b, index_b.gather(1, best_b))
+    target = xy_b.gather(1, best_b[..., None].expand(-1, -1, 2)) + o_b
+    moved = warp_points_torch(homography.to(o_a.dtype), xy_a + o_a)
+    error = ((moved - target) ** 2).sum(-1).add(1e-4).sqrt()
+    return error[paired].mean(), n

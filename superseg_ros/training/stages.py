@@ -74,6 +74,10 @@ def pair_losses(model, batch: dict, settings: dict, generator: torch.Generator,
                                    settings["descriptor_margin"], settings["exclusion_radius"])
     losses = {"detector": (det_a + det_b) / 2, "descriptor": descriptor,
               "subpixel": (sub_a + sub_b) / 2}
+    if float(settings.get("subpixel_consistency", 0.0)) > 0:
+        losses["subpixel_consistency"], _ = L.subpixel_consistency_loss(
+            out_a["heatmap"], out_b["heatmap"], out_a["offsets"], out_b["offsets"], batch["H"],
+            batch["valid_b"], int(settings["consistency_points"]))
     return losses, out_a, out
 
 
@@ -213,7 +217,10 @@ class Joint:
     name = "joint"
     trains = ("detector", "descriptor", "subpixel")
     loss_defaults = {"detector": 1.0, "descriptor": 1.0, "subpixel": 1.0,
-                     "descriptor_margin": 1.0, "max_points": 512, "exclusion_radius": 8.0}
+                     "descriptor_margin": 1.0, "max_points": 512, "exclusion_radius": 8.0,
+                     # > 0: also train the offsets so the model's own peaks, refined, land on
+                     # each other across the pair (losses.subpixel_consistency_loss)
+                     "subpixel_consistency": 0.0, "consistency_points": 256}
     validation_defaults = {"pairs": 16, "max_keypoints": 1000, "seed": 0}
 
     def __init__(self, config: dict, channels: int, labels_dir=None):

@@ -179,8 +179,9 @@ class Trainer:
         extra = list(self.stage.parameters()) if hasattr(self.stage, "parameters") else []
         if extra:
             self.stage.to(self.device)
+        self.frozen = self._freeze(config["train_only"])
         self.net = self._wrap()  # what computes the losses: the model, or DDP around it
-        groups = [{"params": list(self.model.parameters())}]
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         if extra:  # learned loss weights: no weight decay
             groups.append({"params": extra, "weight_decay": 0.0})
         self.optimizer = torch.optim.Adam(groups, lr=config["optimizer"]["lr"],
@@ -202,6 +203,22 @@ class Trainer:
         """A note on the console, from rank 0 only."""
         if self.main:
             tqdm.write(text)
+
+    def _freeze(self, parts: list) -> list:
+        """With `train_only`, every other part of the model stops learning: no gradient, and its
+        BatchNorm statistics stay as loaded (train_step keeps those parts in eval mode)."""
+        if not parts:
+            return []
+        missing = [p for p in parts if getattr(self.model, p, None) is None]
+        if missing:
+            raise TrainingError(f"train_only: this model has no {', '.join(missing)}")
+        frozen = [module for name, module in self.model.named_children() if name not in parts]
+        for module in frozen:
+            module.requires_grad_(False)
+        self.say(f"train_only: training {', '.join(parts)}; "
+                 f"{', '.join(n for n, _ in self.model.named_children() if n not in parts)} "
+                 "frozen")
+        return frozen
 
     def _wrap(self):
         """DistributedDataParallel around the model under torchrun (optionally SyncBatchNorm)."""
@@ -390,6 +407,8 @@ class Trainer:
             group["lr"] = conf["optimizer"]["lr"] * learning_rate_factor(self.step,
                                                                          conf["schedule"])
         self.net.train()
+        for module in self.frozen:
+            module.eval()
         self.optimizer.zero_grad(set_to_none=True)
         n, sums = len(batches), {}
         for micro, batch in enumerate(batches):
