@@ -23,12 +23,14 @@ def test_bundled_model_is_small_and_loads_by_default():
                                    "subpixel": True}
     # a CamVid-trained model carries CamVid's class table (what the node publishes)
     assert model.semantics == semantics_for("classes", "camvid")
-    # the file says how it was made: stage 1, stage 2, stage 3 on CamVid, with each run's config
+    # the file says how it was made: stage 1, stage 2, stage 3 on CamVid (the decoder then moved
+    # to stride 4), a second keypoint round on real images, stage 3 again; each with its config
     runs = model.meta["history"] + [model.meta]
-    assert [m["stage"] for m in runs] == ["magicpoint", "joint", "labelled", "labelled"]
-    assert [m["config"]["name"] for m in runs] == ["magicpoint_cpu", "joint_cpu_round1",
-                                                   "camvid_cpu_round1", "camvid_cpu_stride4"]
-    # the last stage moved the semantic decoder to stride 4 (init.change_architecture)
+    assert [m["stage"] for m in runs] == ["magicpoint", "joint", "labelled", "labelled", "joint",
+                                          "labelled"]
+    assert [m["config"]["name"] for m in runs] == [
+        "magicpoint_cpu", "joint_cpu_round1", "camvid_cpu_round1", "camvid_cpu_stride4",
+        "keypoints_cpu_round1", "camvid_cpu_round2_round1"]
     assert model.config["decoder_stride"] == 4
     assert runs[-1]["config"]["data"]["dataset"] == "camvid"
 
