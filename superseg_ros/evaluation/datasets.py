@@ -47,9 +47,7 @@ def resize_to_max_side(image: np.ndarray, max_side: int | None):
     if not max_side or max(h, w) <= max_side:
         return image, np.eye(3)
     s = max_side / max(h, w)
-    new_w, new_h = max(1, round(w * s)), max(1, round(h * s))
-    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
-    return resized, scaling_matrix(new_w / w, new_h / h)  # exact per-axis factors after rounding
+    return resize_to_size(image, (max(1, round(h * s)), max(1, round(w * s))))
 
 
 def resize_to_size(image: np.ndarray, size_hw):
@@ -61,7 +59,7 @@ def resize_to_size(image: np.ndarray, size_hw):
         return image, np.eye(3)
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA
                          if new_h * new_w < h * w else cv2.INTER_LINEAR)
-    return resized, scaling_matrix(new_w / w, new_h / h)
+    return resized, scaling_matrix(new_w / w, new_h / h)  # exact per-axis factors after rounding
 
 
 def read_homography_file(path: Path) -> np.ndarray:

@@ -89,6 +89,16 @@ def keypoint_targets(points: np.ndarray, valid: np.ndarray, rng: np.random.Gener
             "valid_cells": torch.from_numpy(cells)}
 
 
+def check_scale(scale, optional: bool = False) -> None:
+    """A ConfigError unless `scale` is [lo, hi] with 0 < lo <= hi (or None when `optional`)."""
+    if scale is None and optional:
+        return
+    if not (isinstance(scale, (list, tuple)) and len(scale) == 2
+            and 0 < float(scale[0]) <= float(scale[1])):
+        raise ConfigError(f"data.scale must be [lo, hi] with 0 < lo <= hi"
+                          f"{', or null' if optional else ''}, got {scale}")
+
+
 def scaled_crop(image: np.ndarray, size, scale, rng: np.random.Generator,
                 extra: np.ndarray | None = None):
     """(image crop, extra crop, T): `image` resized by a log-uniform factor in `scale` (never below
@@ -231,11 +241,7 @@ class PairDataset(Dataset):
         self.height, self.width = self.data["size"]
         if self.height % CELL or self.width % CELL:
             raise ConfigError(f"data.size must be multiples of {CELL}, got {self.data['size']}")
-        scale = self.data["scale"]
-        if scale is not None and not (isinstance(scale, (list, tuple)) and len(scale) == 2
-                                      and 0 < float(scale[0]) <= float(scale[1])):
-            raise ConfigError(f"data.scale must be [lo, hi] with 0 < lo <= hi, or null; "
-                              f"got {scale}")
+        check_scale(self.data["scale"], optional=True)
         missing = [p for p in self.images if not label_path(self.labels_dir, self.images_dir,
                                                              p).is_file()]
         if missing:

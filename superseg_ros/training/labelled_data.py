@@ -41,7 +41,7 @@ from ..semantics import IGNORE, check_mode, ontology
 from .augment import photometric_augment, photometric_config
 from .camvid import CamVidFrames
 from .cityscapes import CityscapesError, CityscapesFrames
-from .data import keypoint_targets, label_path, scaled_crop, to_tensor, warp_view
+from .data import check_scale, keypoint_targets, label_path, scaled_crop, to_tensor, warp_view
 from .road_homography import (MILD_HOMOGRAPHY_CONFIG, compose_with_synthetic,
                               cityscapes_road_homography)
 from .synthetic_shapes import CELL
@@ -85,9 +85,7 @@ def labelled_data_config(data: dict | None) -> dict:
     size = conf["size"]
     if len(size) != 2 or any(int(v) % CELL or int(v) < CELL for v in size):
         raise ConfigError(f"data.size must be [H, W], multiples of {CELL}, got {size}")
-    lo, hi = (float(v) for v in conf["scale"])
-    if not 0 < lo <= hi:
-        raise ConfigError(f"data.scale must be [lo, hi] with 0 < lo <= hi, got {conf['scale']}")
+    check_scale(conf["scale"])
     if len(conf["calibration_size"]) != 2 or min(conf["calibration_size"]) < 1:
         raise ConfigError("data.calibration_size must be [H, W] in pixels")
     if not isinstance(conf["neighbour_offset"], int) or conf["neighbour_offset"] == 0:
