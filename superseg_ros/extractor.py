@@ -122,8 +122,9 @@ class Extractor:
         require_choice(conf["semantic_filter"], ("auto", "on", "off"), "extractor.semantic_filter")
         require_choice(conf["precision"], PRECISIONS, "extractor.precision")
         require_choice(conf["backend"], BACKEND_CHOICES, "extractor.backend")
-        if not 0.0 <= float(conf["mask_threshold"]) <= 1.0:
-            raise ConfigError("extractor.mask_threshold must be within [0, 1]")
+        for key in ("mask_threshold", "detection_threshold"):  # both are probabilities
+            if not 0.0 <= float(conf[key]) <= 1.0:
+                raise ConfigError(f"extractor.{key} must be within [0, 1], got {conf[key]}")
         if int(conf["nms_radius"]) < 0 or int(conf["remove_borders"]) < 0:
             raise ConfigError("extractor.nms_radius and remove_borders must be >= 0")
         self.device = resolve_device(device)

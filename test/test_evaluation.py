@@ -411,6 +411,14 @@ def test_cli_end_to_end_on_generated_pairs(tmp_path, image_folder, capsys):
     (["--segmentation", "IMAGES", "--dataset", "camvid", "--semantic-filter", "off"],
      "--segmentation always measures the filter"),
     (["--images", "IMAGES", "--model", "MISSING.pt"], "no such checkpoint file"),
+    (["--images", "IMAGES", "--extractor", "detection_treshold=0.1"],
+     "did you mean 'detection_threshold'"),
+    (["--images", "IMAGES", "--extractor", "threshold"], "expected KEY=VALUE"),
+    (["--images", "IMAGES", "--extractor", "max_keypoints=5"], "use --max-keypoints"),
+    (["--images", "IMAGES", "--extractor", "detection_threshold=1.5"],
+     "detection_threshold must be within [0, 1]"),
+    (["--segmentation", "IMAGES", "--dataset", "camvid", "--extractor", "nms_radius=2"],
+     "--extractor: only with --hpatches or --images"),
 ])
 def test_cli_bad_input_exits_2_with_what_to_fix(tmp_path, image_folder, capsys, args, message):
     args = [a.replace("MISSING", str(tmp_path / "missing")).replace("IMAGES", str(image_folder))
@@ -420,6 +428,21 @@ def test_cli_bad_input_exits_2_with_what_to_fix(tmp_path, image_folder, capsys, 
     assert main(args + ["--output", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_extractor_settings_reach_the_model(tmp_path, image_folder):
+    """No NMS and no threshold: every pixel is a candidate, so the model fills its budget
+    exactly, and the record says which settings were measured."""
+    out = tmp_path / "eval"
+    assert main(["--model", "random", "--images", str(image_folder), "--pairs", "2",
+                 "--resize", "160", "--baselines", "none", "--max-keypoints", "150",
+                 "--extractor", "detection_threshold=0", "--extractor", "nms_radius=0",
+                 "--overlays", "0", "--output", str(out), "--device", "cpu"]) == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["summaries"]["superseg"]["keypoints"] == 150
+    config = json.loads((out / "config.json").read_text())
+    assert config["extractor"]["detection_threshold"] == 0
+    assert config["extractor"]["nms_radius"] == 0
 
 
 def test_cli_without_a_dataset_is_a_usage_error(capsys):

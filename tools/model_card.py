@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from superseg_ros.checkpoint import load_model  # noqa: E402
 from superseg_ros.evaluation.cli import main as eval_main  # noqa: E402
+from superseg_ros.extractor import DEFAULT_EXTRACTOR_CONFIG  # noqa: E402
 from superseg_ros.evaluation.report import markdown_table  # noqa: E402
 from superseg_ros.evaluation.segmentation import (SWEEP_HEADER, filter_rows,  # noqa: E402
                                                   iou_rows, markdown, sweep_rows)
@@ -179,15 +180,22 @@ def run_eval(flags: list[str], output: Path, reuse: bool = False) -> dict:
     return json.loads((output / "metrics.json").read_text())
 
 
-def pair_flags(args, model: str, kind: str, folder: str, size=None) -> list[str]:
+def pair_flags(args, model: str, kind: str, folder: str, size=None,
+               threshold: float | None = None) -> list[str]:
     """superseg-eval flags of one keypoint run: HPatches pairs (at `size` (H, W), or native) or
     generated pairs of a folder. The model runs as a detector, its semantic filter off (a street
     filter says nothing about keypoints on HPatches' paintings and walls); a model with a trained
-    semantic head also runs with its filter (`superseg-with-semantic`)."""
-    ablations = "subpixel,semantic" if load_model(model).trained_heads["semantic"] else "subpixel"
+    semantic head also runs with its filter (`superseg-with-semantic`). With `threshold`, the
+    model alone at that detection threshold (no baselines, ablations or overlays)."""
     flags = ["--model", model, "--max-keypoints", str(args.max_keypoints), "--seed",
-             str(args.seed), "--baselines", "sift,orb", "--ablations", ablations,
-             "--semantic-filter", "off"]
+             str(args.seed), "--semantic-filter", "off"]
+    if threshold is not None:
+        flags += ["--baselines", "none", "--overlays", "0",
+                  "--extractor", f"detection_threshold={threshold}"]
+    else:
+        semantic = load_model(model).trained_heads["semantic"]
+        flags += ["--baselines", "sift,orb",
+                  "--ablations", "subpixel,semantic" if semantic else "subpixel"]
     if kind == "hpatches":
         return flags + ["--hpatches", folder] + \
             (["--size", str(size[0]), str(size[1])] if size else [])
@@ -226,6 +234,24 @@ BEFORE_AFTER = (("keypoints", "keypoints per image", True),
                 ("mma@3px", "MMA@3px", True),
                 ("nn_map", "NN mAP", True),
                 ("matching_score", "matching score", True))
+
+
+THRESHOLD_COLUMNS = BEFORE_AFTER[:8]
+
+
+def threshold_table(title: str, rows: list[tuple[float, dict]]) -> str:
+    """The same model at several detection thresholds on the same pairs: what filling the
+    keypoint budget costs in precision."""
+    lines = [f"On {title}, the model as a detector (semantic filter off), "
+             f"{len(rows)} detection thresholds:", "",
+             "| detection threshold | " + " | ".join(label for _, label, _ in THRESHOLD_COLUMNS)
+             + " |", "|--:|" + "--:|" * len(THRESHOLD_COLUMNS)]
+    for threshold, summary in sorted(rows, key=lambda row: -row[0]):
+        values = [summary_value(summary, key) for key, _, _ in THRESHOLD_COLUMNS]
+        lines.append(f"| {threshold:g} | " + " | ".join(
+            "-" if v is None else (f"{v:.0f}" if key == "keypoints" else f"{v:.3f}")
+            for v, (key, _, _) in zip(values, THRESHOLD_COLUMNS)) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def summary_value(summary: dict, key: str):
@@ -317,6 +343,9 @@ def main(argv=None) -> int:
                    help="superseg-eval output; one subfolder per evaluation")
     p.add_argument("--split", default=str(ROOT / "runs" / "data" / "split.json"),
                    help="split.json written by tools/prepare_images.py")
+    p.add_argument("--thresholds", type=float, nargs="*", default=[0.005, 0.0],
+                   help="on the generated pairs, also run the model at these detection "
+                        "thresholds (the threshold table; default 0.005 0)")
     p.add_argument("--reuse", action="store_true",
                    help="read superseg-eval runs already in --output (same command, newer than "
                         "the model file) instead of running them again")
@@ -325,7 +354,7 @@ def main(argv=None) -> int:
         p.error("give --hpatches and/or --images")
     same_split(Path(args.split), args.images)
     output = Path(args.output)
-    evaluations, targets, comparisons = [], [], []
+    evaluations, targets, comparisons, thresholds = [], [], [], []
     runs = ([("hpatches", args.hpatches, None), ("hpatches", args.hpatches, args.hpatches_size)]
             if args.hpatches else []) + [("images", folder, None) for folder in args.images]
     for kind, folder, size in runs:
@@ -340,6 +369,14 @@ def main(argv=None) -> int:
                            f"{describe_pairs(args, kind, folder, record, output / name)}")
         if kind == "hpatches" and size is None:  # the targets are set at native resolution
             targets.append(f"On {title}:\n\n{quality_targets(record['summaries'])}")
+        if kind == "images" and args.thresholds:
+            default = DEFAULT_EXTRACTOR_CONFIG["detection_threshold"]
+            rows = [(default, record["summaries"]["superseg"])]
+            rows += [(t, run_eval(pair_flags(args, args.model, kind, folder, threshold=t),
+                                  output / f"{name}_threshold{t:g}",
+                                  args.reuse)["summaries"]["superseg"])
+                     for t in args.thresholds if t != default]
+            thresholds.append(threshold_table(title, rows))
         if args.reference_model:
             before = run_eval(pair_flags(args, args.reference_model, kind, folder, size),
                               output / f"{name}_reference", args.reuse)
@@ -351,6 +388,8 @@ def main(argv=None) -> int:
                        + [f"--images {i}" for i in args.images]
                        + [f"--pairs {args.pairs} --seed {args.seed} "
                           f"--max-keypoints {args.max_keypoints}"]
+                       + ([f"--thresholds {' '.join(f'{t:g}' for t in args.thresholds)}"]
+                          if args.images else [])
                        + ([f"--segmentation {args.segmentation} --dataset {args.dataset}"]
                           if args.segmentation else [])
                        + ([f"--reference-model {relative(args.reference_model)}"]
@@ -360,6 +399,8 @@ def main(argv=None) -> int:
                          + f"\nRegenerate with `{command}`.\n")
     text = replace_block(text, "data", data_record(Path(args.split)))
     text = replace_block(text, "targets", "\n".join(targets))
+    if thresholds:
+        text = replace_block(text, "thresholds", "\n".join(thresholds))
     if comparisons:
         text = replace_block(text, "before_after",
                              f"Before: `{relative(args.reference_model)}`; after: "

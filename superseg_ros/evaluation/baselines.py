@@ -135,6 +135,7 @@ def make_superseg(model, description: str, *, name: str = "superseg", max_keypoi
                       "descriptors": f["descriptors"], "binary": False}, k)
 
     info = {"kind": "superseg_ros", "model": description, "subpixel": bool(subpixel),
+            "extractor": dict(extractor.config),
             "semantic_filter": "on" if extractor.semantic_active else "off",
             "device": str(extractor.device)}
     if extractor.semantic_note:

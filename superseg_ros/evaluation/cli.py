@@ -81,6 +81,11 @@ def parse_args(argv):
     p.add_argument("--homography", action="append", default=[], metavar="KEY=VALUE",
                    help="homography sampling setting for --images, e.g. rotation_deg=45 "
                         "(repeatable; keys: see superseg_ros.homography)")
+    p.add_argument("--extractor", action="append", default=[], metavar="KEY=VALUE",
+                   help="extractor setting of the model for --hpatches/--images, e.g. "
+                        "detection_threshold=0.005 or nms_radius=3 (repeatable; keys: see "
+                        "superseg_ros.extractor; the budget, sub-pixel, filter and backend have "
+                        "their own flags)")
     p.add_argument("--max-keypoints", type=int, default=1000, help="budget per image and method")
     p.add_argument("--resize", type=int, metavar="MAX_SIDE",
                    help="downscale images so the longer side is at most MAX_SIDE (H rescaled)")
@@ -117,13 +122,28 @@ def comma_list(text: str, allowed, flag: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def homography_overrides(items: list[str]) -> dict:
+def key_values(items: list[str], flag: str, example: str) -> dict:
+    """KEY=VALUE strings (the value is YAML) as a dict."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--homography {item!r}: expected KEY=VALUE, e.g. rotation_deg=45")
+            raise UsageError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {example}")
         out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+# extractor keys that other flags set: --extractor must not silently lose to them
+EXTRACTOR_KEYS_WITH_FLAGS = {"max_keypoints": "--max-keypoints", "subpixel": "--ablations subpixel",
+                             "semantic_filter": "--semantic-filter", "backend": "--backend"}
+
+
+def extractor_overrides(items: list[str]) -> dict:
+    out = key_values(items, "--extractor", "detection_threshold=0.005")
+    taken = [f"{key} (use {EXTRACTOR_KEYS_WITH_FLAGS[key]})" for key in out
+             if key in EXTRACTOR_KEYS_WITH_FLAGS]
+    if taken:
+        raise UsageError(f"--extractor: {', '.join(taken)} has its own flag")
     return out
 
 
@@ -144,7 +164,8 @@ def build_dataset(args):
     pairs = 50 if args.pairs is None else args.pairs
     if pairs < 1:
         raise UsageError(f"--pairs {pairs}: need at least one pair")
-    return generated_pairs(args.images, pairs, args.seed, homography_overrides(args.homography),
+    return generated_pairs(args.images, pairs, args.seed,
+                           key_values(args.homography, "--homography", "rotation_deg=45"),
                            args.resize)
 
 
@@ -153,13 +174,14 @@ def build_methods(args, baselines, ablations):
     torch.manual_seed(args.seed)  # a random model is then the same network on every run
     model, description = open_model(args.model, device)
     methods, notes = model_methods(model, description, ablations, max_keypoints=args.max_keypoints,
-                                   device=device, extractor_config={"backend": args.backend},
-                                   semantic_filter=args.semantic_filter)
+                                   device=device, semantic_filter=args.semantic_filter,
+                                   extractor_config={**extractor_overrides(args.extractor),
+                                                     "backend": args.backend})
     methods += [BASELINES[name]() for name in baselines]
     return methods, notes, description, device
 
 
-PAIR_FLAGS = ("pairs", "homography", "resize", "size", "baselines", "ablations")
+PAIR_FLAGS = ("pairs", "homography", "resize", "size", "baselines", "ablations", "extractor")
 SEGMENTATION_FLAGS = ("dataset", "split", "force_semantic")
 
 
@@ -213,6 +235,7 @@ def main(argv=None) -> int:
         "max_keypoints": args.max_keypoints,
         "resolution": {"max_side": args.resize, "size_hw": args.size, **run["sizes"]},
         "semantic_filter": args.semantic_filter,
+        "extractor": methods[0].info["extractor"],
         "baselines": baselines, "ablations": ablations, "device": str(device),
         "backend": args.backend,
         "correct_px": M.CORRECT_PX,

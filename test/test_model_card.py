@@ -1,0 +1,31 @@
+"""tools/model_card.py: the tables it writes into models/README.md, on hand-made summaries."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("model_card", ROOT / "tools" / "model_card.py")
+model_card = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(model_card)
+
+
+def summary(keypoints, rep, mle):
+    return {"keypoints": keypoints, "repeatability@3px": rep, "localization_error": mle,
+            "homography_accuracy@1px": 0.5, "homography_accuracy@3px": 0.9,
+            "homography_accuracy@5px": 0.95, "homography_auc@3px": 0.6, "mma": {"3": 0.8}}
+
+
+def test_threshold_table_lists_each_threshold_highest_first():
+    table = model_card.threshold_table("generated pairs", [
+        (0.015, summary(610, 0.756, 1.039)), (0.0, summary(1000, 0.632, 1.209)),
+        (0.005, summary(757, 0.701, 1.101))])
+    rows = [line for line in table.splitlines() if line.startswith("| 0")]
+    assert [row.split(" | ")[0] for row in rows] == ["| 0.015", "| 0.005", "| 0"]
+    assert rows[0] == "| 0.015 | 610 | 0.756 | 1.039 | 0.500 | 0.900 | 0.950 | 0.600 | 0.800 |"
+    assert "3 detection thresholds" in table
+
+
+def test_replace_block_keeps_the_rest_of_the_card():
+    text = "head\n<!-- t:start -->\nold\n<!-- t:end -->\ntail\n"
+    assert model_card.replace_block(text, "t", "new\n") == \
+        "head\n<!-- t:start -->\nnew\n<!-- t:end -->\ntail\n"
