@@ -218,3 +218,41 @@ def test_other_encoders_take_the_lean_heads_without_the_resnet_neck():
     model = SuperSegmentation({"encoder": "mobilenet", "encoder_width": 8})
     assert model.config["encoder_dilation"] and model.config["neck_channels"] == 0
     assert model.config["separable"]  # the lean ASPP and decoder still apply
+
+
+def test_heatmap_centroid_matches_a_brute_force_window_mean():
+    from superseg_ros.network.heads import heatmap_centroid
+    torch.manual_seed(0)
+    heatmap = torch.rand(2, 9, 11)
+    r = 2
+    got = heatmap_centroid(heatmap, r)
+    for b, y, x in ((0, 0, 0), (0, 4, 5), (1, 8, 10), (1, 3, 1)):
+        weight = sx = sy = 0.0
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                if 0 <= y + dy < 9 and 0 <= x + dx < 11:  # zero outside the image
+                    v = float(heatmap[b, y + dy, x + dx])
+                    weight, sx, sy = weight + v, sx + v * dx, sy + v * dy
+        assert got[b, :, y, x].tolist() == pytest.approx([sx / weight, sy / weight], abs=1e-5)
+
+
+def test_subpixel_window_adds_the_heatmap_centroid_to_the_head_offsets():
+    from superseg_ros.network.heads import heatmap_centroid
+    torch.manual_seed(0)
+    plain = SuperSegmentation({"encoder": "vgg", "head_channels": 32, "descriptor_dim": 32}).eval()
+    windowed = SuperSegmentation({"encoder": "vgg", "head_channels": 32, "descriptor_dim": 32,
+                                  "subpixel_window": 2}).eval()
+    windowed.load_state_dict(plain.state_dict())  # no new weights
+    image = torch.rand(1, 3, 32, 40)
+    with torch.inference_mode():
+        a, b = plain(image, semantics=False), windowed(image, semantics=False)
+    assert torch.allclose(b["offsets"], a["offsets"] + heatmap_centroid(a["heatmap"], 2),
+                          atol=1e-6)
+    assert b["offsets"].abs().max() <= 1.0 + 2
+
+
+def test_subpixel_window_must_be_a_non_negative_integer():
+    with pytest.raises(ConfigError, match="subpixel_window must be an integer >= 0"):
+        SuperSegmentation({"subpixel_window": -1})
+    with pytest.raises(ConfigError, match="subpixel_window must be int"):
+        SuperSegmentation({"subpixel_window": 1.5})

@@ -45,6 +45,15 @@ def test_parity_at_other_sizes(exported):
     assert all(error <= DEFAULT_TOLERANCE for error in errors.values()), errors
 
 
+def test_parity_with_the_heatmap_centroid_refinement(tmp_path):
+    torch.manual_seed(0)
+    model = SuperSegmentation({"encoder": "vgg", **SMALL_HEADS, "subpixel_window": 2}).eval()
+    path = tmp_path / "window.onnx"
+    export_onnx(model, path, *EXPORT_SIZE)
+    errors = verify_onnx(model, path, sizes=VERIFY_SIZES[:1])
+    assert errors["offsets"] <= DEFAULT_TOLERANCE, errors
+
+
 def test_graph_has_dynamic_size_named_outputs_metadata_and_no_nms(exported):
     model, path = exported
     graph_model = onnx.load(str(path))

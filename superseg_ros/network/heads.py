@@ -55,6 +55,18 @@ class SubpixelHead(nn.Module):
         return torch.tanh(F.pixel_shuffle(self.out(self.body(features)), CELL)) * self.max_offset
 
 
+def heatmap_centroid(heatmap: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, H, W) heatmap -> (B, 2, H, W): for every pixel, the heatmap-weighted mean (dx, dy) of
+    the pixels of its (2r+1)^2 window (zero outside the image), in px. At an NMS peak it is the
+    soft-argmax of the detector's own peak; it is differentiable, so a loss on refined positions
+    also trains the detector's localisation. Three fixed-kernel convolutions (exports to ONNX)."""
+    d = torch.arange(-radius, radius + 1, dtype=heatmap.dtype, device=heatmap.device)
+    dy, dx = torch.meshgrid(d, d, indexing="ij")
+    kernels = torch.stack([torch.ones_like(dx), dx, dy])[:, None]   # (3, 1, k, k)
+    sums = F.conv2d(heatmap[:, None], kernels, padding=radius)     # (B, 3, H, W)
+    return sums[:, 1:] / sums[:, :1].clamp(min=1e-6)
+
+
 def separable_conv_bn_relu(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
     """DeepLab-v3+'s depthwise-separable 3x3: a depthwise (atrous) 3x3 then a pointwise 1x1, each
     with BatchNorm and ReLU; about 9x fewer multiply-adds than a dense 3x3 at equal widths."""

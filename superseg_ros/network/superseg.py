@@ -8,7 +8,9 @@ Output dict:
     heatmap       (B, H, W)          interest-point probability per pixel
     descriptors   (B, D, H/8, W/8)   unit-norm descriptors, one per cell
     segmentation  (B, M, H/4, W/4)   semantic class logits (absent with semantics=False)
-    offsets       (B, 2, H, W)       sub-pixel (dx, dy) in pixels, |.| <= subpixel_max_offset
+    offsets       (B, 2, H, W)       sub-pixel (dx, dy) in pixels: the sub-pixel head's
+                                     (|.| <= subpixel_max_offset), plus with subpixel_window r > 0
+                                     the heatmap's centroid in the (2r+1)^2 window (|.| <= r)
 
 Architectures (`preset`; every other key still overrides the preset's value):
     lean     (default) ResNet-18 at width 32 with its standard strides, an FPN-style neck back to
@@ -31,7 +33,7 @@ from ..config import ConfigError, merge_config, require_choice
 from ..semantics import default_semantics, validate_semantics
 from .encoders import ENCODERS, RESNET_LAYOUTS, as_state_dict, build_encoder, torchvision_key_report
 from .heads import (CELL, DescriptorHead, DetectorHead, SemanticHead, StrideEightNeck,
-                    SubpixelHead)
+                    SubpixelHead, heatmap_centroid)
 
 HEADS = ("detector", "descriptor", "semantic", "subpixel")
 
@@ -53,7 +55,8 @@ DEFAULT_CONFIG = {
     "decoder_stride": 4,          # 4 (skip from the encoder's stride-4 map) | 8 (from stride 8)
     "separable": False,           # depthwise-separable 3x3 convolutions in the ASPP and decoder
     "subpixel_max_offset": 1.0,   # pixels; the sub-pixel head can move a peak at most this far
-}
+    "subpixel_window": 0,         # r > 0: offsets also hold the heatmap's centroid around each
+}                                 # pixel ((2r+1)^2 window), a soft-argmax of the peak
 
 # What a non-dilated ResNet and its neck need; the other encoders keep DEFAULT_CONFIG's values.
 RESNET_ONLY = ("encoder_dilation", "neck_channels", "aspp_stride")
@@ -102,6 +105,9 @@ def model_config(overrides: dict | None = None) -> dict:
             raise ConfigError(f"model.{key} must be a positive integer, got {conf[key]!r}")
     if not float(conf["subpixel_max_offset"]) > 0:
         raise ConfigError("model.subpixel_max_offset must be > 0")
+    if not isinstance(conf["subpixel_window"], int) or conf["subpixel_window"] < 0:
+        raise ConfigError("model.subpixel_window must be an integer >= 0 (pixels), got "
+                          f"{conf['subpixel_window']!r}")
     return conf
 
 
@@ -149,8 +155,11 @@ class SuperSegmentation(nn.Module):
                              "(use superseg_ros.Extractor, which pads)")
         features, aspp_input, skip = self.encode((image - self.mean) / self.std)
         logits, heatmap = self.detector(features)
+        offsets = self.subpixel(features)
+        if self.config["subpixel_window"]:
+            offsets = offsets + heatmap_centroid(heatmap, self.config["subpixel_window"])
         out = {"logits": logits, "heatmap": heatmap, "descriptors": self.descriptor(features),
-               "offsets": self.subpixel(features)}
+               "offsets": offsets}
         if semantics:
             out["segmentation"] = self.semantic(aspp_input, skip)
         return out
