@@ -247,11 +247,17 @@ def threshold_table(title: str, rows: list[tuple[float, dict]]) -> str:
              "| detection threshold | " + " | ".join(label for _, label, _ in THRESHOLD_COLUMNS)
              + " |", "|--:|" + "--:|" * len(THRESHOLD_COLUMNS)]
     for threshold, summary in sorted(rows, key=lambda row: -row[0]):
-        values = [summary_value(summary, key) for key, _, _ in THRESHOLD_COLUMNS]
         lines.append(f"| {threshold:g} | " + " | ".join(
-            "-" if v is None else (f"{v:.0f}" if key == "keypoints" else f"{v:.3f}")
-            for v, (key, _, _) in zip(values, THRESHOLD_COLUMNS)) + " |")
+            format_value(key, summary_value(summary, key)) for key, _, _ in THRESHOLD_COLUMNS)
+            + " |")
     return "\n".join(lines) + "\n"
+
+
+def format_value(key: str, value) -> str:
+    """A summary value as the card prints it: counts whole, rates and pixels to 3 decimals."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if key == "keypoints" else f"{value:.3f}"
 
 
 def summary_value(summary: dict, key: str):
@@ -272,8 +278,7 @@ def before_after(name: str, before: dict, after: dict) -> str:
         if a is None or b is None:
             continue
         better = "=" if abs(a - b) < 5e-4 else ("yes" if (b > a) == higher else "no")
-        fmt = "{:.0f}" if key == "keypoints" else "{:.3f}"
-        lines.append(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {better} |")
+        lines.append(f"| {label} | {format_value(key, a)} | {format_value(key, b)} | {better} |")
     return "\n".join(lines) + "\n"
 
 

@@ -105,7 +105,7 @@ def model_config(overrides: dict | None = None) -> dict:
             raise ConfigError(f"model.{key} must be a positive integer, got {conf[key]!r}")
     if not float(conf["subpixel_max_offset"]) > 0:
         raise ConfigError("model.subpixel_max_offset must be > 0")
-    if not isinstance(conf["subpixel_window"], int) or conf["subpixel_window"] < 0:
+    if conf["subpixel_window"] < 0:  # merge_config has already checked that it is an int
         raise ConfigError("model.subpixel_window must be an integer >= 0 (pixels), got "
                           f"{conf['subpixel_window']!r}")
     return conf
