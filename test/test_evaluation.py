@@ -86,6 +86,57 @@ def test_perfect_correspondences_give_zero_corner_error():
     assert summary["nn_map"] == 1.0 and summary["mma"]["1"] == 1.0
 
 
+def noisy_pair(seed=0, noise_px=1.5, outliers=0.4):
+    """Keypoints of a real-looking pair: B's are A's warped by H plus `noise_px` Gaussian noise,
+    and a share `outliers` of the matches point to random keypoints of B."""
+    rng = np.random.default_rng(seed)
+    h = sample_homography(rng, *SHAPE, perspective=0.1, rotation_deg=10)
+    kp_a = grid_points(step=6, margin=12)
+    kp_a = kp_a[points_inside(warp_points(h, kp_a), SHAPE)]
+    kp_b = warp_points(h, kp_a) + rng.normal(0, noise_px, kp_a.shape)
+    matches = np.stack([np.arange(len(kp_a)), np.arange(len(kp_a))], 1)
+    wrong = rng.random(len(kp_a)) < outliers
+    matches[wrong, 1] = rng.integers(0, len(kp_a), wrong.sum())
+    return kp_a, kp_b, matches, h
+
+
+def test_ransac_draws_are_seeded_shuffles_of_the_matches():
+    kp_a, kp_b, matches, h = noisy_pair()
+    errors = M.corner_errors(kp_a, kp_b, matches, h, SHAPE, seed=3, draws=8)
+    assert errors.shape == (8,)
+    np.testing.assert_array_equal(errors, M.corner_errors(kp_a, kp_b, matches, h, SHAPE, 3, 8))
+    # draw 0 is the single call on the matches as given (SuperPoint's protocol) ...
+    assert errors[0] == M.corner_error(M.estimate_homography(kp_a, kp_b, matches), h, SHAPE)
+    # ... draw k the same call on the matches shuffled by default_rng([seed, k])
+    order = np.random.default_rng([3, 5]).permutation(len(matches))
+    assert errors[5] == M.corner_error(M.estimate_homography(kp_a, kp_b, matches[order]), h,
+                                       SHAPE)
+    # on noisy matches the draws disagree, which is why one draw is a noisy yardstick
+    assert len(np.unique(errors)) > 1
+
+
+def test_summary_pools_the_draws_into_their_mean():
+    """Oracle: H@e and AUC@e of the pooled draws equal the mean over draws of each draw's own
+    summary (brute force: one summary per draw index)."""
+    results = []
+    for seed in range(4):
+        kp_a, kp_b, matches, h = noisy_pair(seed, noise_px=1.0 + seed / 2)
+        feat_a = {"keypoints": kp_a, "descriptors": distinct_descriptors(len(kp_a))}
+        results.append({"corner_errors": M.corner_errors(kp_a, kp_b, matches, h, SHAPE, seed, 6),
+                        "keypoints": len(kp_a), "localization_error": 0.0, "nn_map": 1.0,
+                        "matching_score": 1.0, "matches": len(matches),
+                        "mma": np.ones(len(M.CURVE_PX)), "repeatability@1px": 1.0,
+                        "repeatability@3px": 1.0, "features": feat_a})
+    results[0]["corner_errors"][2] = np.inf  # a failed draw counts as wrong
+    pooled = M.summarize(results)
+    per_draw = [M.summarize([dict(r, corner_errors=r["corner_errors"][k:k + 1])
+                             for r in results]) for k in range(6)]
+    for eps in M.HOMOGRAPHY_PX:
+        for key in (f"homography_accuracy@{eps:g}px", f"homography_auc@{eps:g}px"):
+            assert pooled[key] == pytest.approx(np.mean([s[key] for s in per_draw]))
+    assert pooled["homography_failures"] == pytest.approx(1 / 6)
+
+
 def test_corner_error_of_a_known_offset():
     # estimate off by a 3-4-5 translation: every corner is 5 px away
     assert M.corner_error(translation(3, 4), np.eye(3), SHAPE) == pytest.approx(5.0)
@@ -404,6 +455,9 @@ def test_cli_end_to_end_on_generated_pairs(tmp_path, image_folder, capsys):
     (["--images", "IMAGES", "--baselines", "surf"], "--baselines: unknown surf"),
     (["--images", "IMAGES", "--homography", "spin=3"], "unknown homography key 'spin'"),
     (["--images", "IMAGES", "--pairs", "0"], "--pairs 0"),
+    (["--images", "IMAGES", "--ransac-draws", "0"], "--ransac-draws 0: must be >= 1"),
+    (["--segmentation", "IMAGES", "--dataset", "camvid", "--ransac-draws", "3"],
+     "--ransac-draws: only with --hpatches or --images"),
     (["--hpatches", "IMAGES", "--pairs", "3"], "only apply to --images"),
     (["--images", "IMAGES", "--size", "48", "64"], "--size only applies to --hpatches"),
     (["--hpatches", "IMAGES", "--size", "8", "64"], "both sides must be >= 16"),
@@ -437,12 +491,15 @@ def test_cli_extractor_settings_reach_the_model(tmp_path, image_folder):
     assert main(["--model", "random", "--images", str(image_folder), "--pairs", "2",
                  "--resize", "160", "--baselines", "none", "--max-keypoints", "150",
                  "--extractor", "detection_threshold=0", "--extractor", "nms_radius=0",
-                 "--overlays", "0", "--output", str(out), "--device", "cpu"]) == 0
+                 "--ransac-draws", "3", "--overlays", "0", "--output", str(out),
+                 "--device", "cpu"]) == 0
     record = json.loads((out / "metrics.json").read_text())
     assert record["summaries"]["superseg"]["keypoints"] == 150
     config = json.loads((out / "config.json").read_text())
     assert config["extractor"]["detection_threshold"] == 0
     assert config["extractor"]["nms_radius"] == 0
+    assert config["ransac"]["draws"] == 3
+    assert all(len(row["corner_errors"]) == 3 for row in record["pairs"]["superseg"])
 
 
 def test_cli_without_a_dataset_is_a_usage_error(capsys):

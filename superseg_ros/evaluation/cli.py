@@ -78,6 +78,9 @@ def parse_args(argv):
     p.add_argument("--pairs", type=int, help="generated pairs (with --images; default 50)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the homographies, RANSAC and a random model (default 0)")
+    p.add_argument("--ransac-draws", type=int, default=None, metavar="N",
+                   help=f"RANSAC draws per pair; H@e and AUC@e average over them (default "
+                        f"{M.RANSAC_DRAWS}; 1 = SuperPoint's single cv2.findHomography call)")
     p.add_argument("--homography", action="append", default=[], metavar="KEY=VALUE",
                    help="homography sampling setting for --images, e.g. rotation_deg=45 "
                         "(repeatable; keys: see superseg_ros.homography)")
@@ -181,7 +184,8 @@ def build_methods(args, baselines, ablations):
     return methods, notes, description, device
 
 
-PAIR_FLAGS = ("pairs", "homography", "resize", "size", "baselines", "ablations", "extractor")
+PAIR_FLAGS = ("pairs", "homography", "resize", "size", "baselines", "ablations", "extractor",
+              "ransac_draws")
 SEGMENTATION_FLAGS = ("dataset", "split", "force_semantic")
 
 
@@ -191,6 +195,8 @@ def check_flags(args) -> None:
         raise UsageError(f"--max-keypoints {args.max_keypoints}: must be >= 1")
     if args.overlays is not None and args.overlays < 0:
         raise UsageError("--overlays must be >= 0")
+    if args.ransac_draws is not None and args.ransac_draws < 1:
+        raise UsageError(f"--ransac-draws {args.ransac_draws}: must be >= 1")
     segmentation = args.segmentation is not None
     if segmentation and args.semantic_filter != "auto":
         raise UsageError("--semantic-filter: only with --hpatches or --images (--segmentation "
@@ -213,6 +219,7 @@ def main(argv=None) -> int:
     try:
         check_flags(args)
         args.overlays = 3 if args.overlays is None else args.overlays
+        args.ransac_draws = args.ransac_draws or M.RANSAC_DRAWS
         baselines = comma_list("sift,orb" if args.baselines is None else args.baselines,
                                list(BASELINES), "--baselines")
         ablations = comma_list(args.ablations, ABLATIONS, "--ablations")
@@ -227,7 +234,7 @@ def main(argv=None) -> int:
         print(f"{PROG}: {note}", file=sys.stderr)
 
     run = run_evaluation(dataset, methods, args.max_keypoints, args.seed, args.output,
-                         args.overlays)
+                         args.overlays, args.ransac_draws)
     config = {
         "command": " ".join([PROG] + list(sys.argv[1:] if argv is None else argv)),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -240,7 +247,9 @@ def main(argv=None) -> int:
         "backend": args.backend,
         "correct_px": M.CORRECT_PX,
         "ransac": {"method": "cv2.findHomography RANSAC", "threshold_px": M.RANSAC_PX,
-                   "seed": "cv2.setRNGSeed(seed + pair index)"},
+                   "draws": args.ransac_draws,
+                   "draw_order": "draw 0: the matches in mutual-NN order; draw k > 0: shuffled "
+                                 "by numpy default_rng([seed + pair index, k])"},
         "versions": {"opencv": cv2.__version__, "torch": torch.__version__,
                      "numpy": np.__version__},
     }
@@ -350,7 +359,7 @@ def segmentation_config(args, argv, split: str, n_frames: int, evaluated: int,
 
 
 def run_evaluation(dataset, methods, max_keypoints: int, seed: int, out_dir: Path,
-                   n_overlays: int = 3) -> dict:
+                   n_overlays: int = 3, ransac_draws: int = M.RANSAC_DRAWS) -> dict:
     """Every method on every pair; returns summaries, per-pair rows and plot data."""
     per_pair = {m.name: [] for m in methods}
     seconds = {m.name: [] for m in methods}
@@ -369,13 +378,13 @@ def run_evaluation(dataset, methods, max_keypoints: int, seed: int, out_dir: Pat
             feat_b = method.extract(pair.image_b, max_keypoints)
             seconds[method.name].append((time.perf_counter() - t0) / 2)
             result = M.evaluate_pair(feat_a, feat_b, pair.H, shape_a, shape_b,
-                                     feat_a["binary"], seed + index)
+                                     feat_a["binary"], seed + index, ransac_draws)
             result.update(name=pair.name, group=pair.group)
             per_pair[method.name].append(result)
             if len(per_pair[method.name]) <= n_overlays:
                 title = (f"{method.name} | {pair.name} | {result['matches']} matches, "
                          f"{int((result['match_errors'] <= M.CORRECT_PX).sum())} correct "
-                         f"(<= {M.CORRECT_PX:g} px) | corner error "
+                         f"(<= {M.CORRECT_PX:g} px) | median corner error "
                          f"{result['corner_error']:.2f} px")
                 canvas = draw_matches(pair.image_a, pair.image_b, feat_a["keypoints"],
                                       feat_b["keypoints"], result["matches_ij"],
