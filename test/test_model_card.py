@@ -29,3 +29,32 @@ def test_replace_block_keeps_the_rest_of_the_card():
     text = "head\n<!-- t:start -->\nold\n<!-- t:end -->\ntail\n"
     assert model_card.replace_block(text, "t", "new\n") == \
         "head\n<!-- t:start -->\nnew\n<!-- t:end -->\ntail\n"
+
+
+def test_reuse_needs_the_same_command_and_metric_code(tmp_path, monkeypatch):
+    """A stored run is reused only when it was measured with today's metric formulas: after a
+    change to metrics.py the card measures again instead of copying stale figures."""
+    import json
+    import os
+
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    output = tmp_path / "run"
+    output.mkdir()
+    flags = ["--model", str(model), "--images", "x"]
+    command = " ".join(["superseg-eval", *flags, "--output", str(output)])
+    calls = []
+
+    def fake_eval(argv):  # stands in for superseg-eval: records the call, writes a record
+        calls.append(argv)
+        (output / "metrics.json").write_text(json.dumps({"config": {}, "fresh": True}))
+        return 0
+
+    monkeypatch.setattr(model_card, "eval_main", fake_eval)
+    for code, reused in [(model_card.metrics_code_version(), True), ("0123456789ab", False)]:
+        stored = {"config": {"command": command, "metrics_code": code}, "fresh": False}
+        (output / "metrics.json").write_text(json.dumps(stored))
+        os.utime(output / "metrics.json", (model.stat().st_mtime + 10,) * 2)
+        calls.clear()
+        record = model_card.run_eval(flags, output, reuse=True)
+        assert record["fresh"] is not reused and len(calls) == (0 if reused else 1)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from superseg_ros.checkpoint import load_model  # noqa: E402
-from superseg_ros.evaluation.cli import main as eval_main  # noqa: E402
+from superseg_ros.evaluation.cli import main as eval_main, metrics_code_version  # noqa: E402
 from superseg_ros.extractor import DEFAULT_EXTRACTOR_CONFIG  # noqa: E402
 from superseg_ros.evaluation.report import markdown_table  # noqa: E402
 from superseg_ros.evaluation.segmentation import (SWEEP_HEADER, filter_rows,  # noqa: E402
@@ -164,13 +164,14 @@ def quality_targets(summaries: dict) -> str:
 
 def run_eval(flags: list[str], output: Path, reuse: bool = False) -> dict:
     """One superseg-eval run; its metrics.json. With `reuse`, an earlier run in `output` with the
-    same command, newer than the model file, is read instead of run again."""
+    same command and metric code, newer than the model file, is read instead of run again."""
     flags = flags + ["--output", str(output)]
     metrics = output / "metrics.json"
     if reuse and metrics.is_file():
         record = json.loads(metrics.read_text())
         model = Path(flags[flags.index("--model") + 1])
         if record["config"].get("command") == " ".join(["superseg-eval", *flags]) \
+                and record["config"].get("metrics_code") == metrics_code_version() \
                 and metrics.stat().st_mtime > model.stat().st_mtime:
             print(f"model_card: reusing {metrics}")
             return record

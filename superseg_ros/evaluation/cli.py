@@ -22,6 +22,7 @@ says why).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from datetime import datetime, timezone
@@ -246,6 +247,7 @@ def main(argv=None) -> int:
         "baselines": baselines, "ablations": ablations, "device": str(device),
         "backend": args.backend,
         "correct_px": M.CORRECT_PX,
+        "metrics_code": metrics_code_version(),
         "ransac": {"method": "cv2.findHomography RANSAC", "threshold_px": M.RANSAC_PX,
                    "draws": args.ransac_draws,
                    "draw_order": "draw 0: the matches in mutual-NN order; draw k > 0: shuffled "
@@ -356,6 +358,12 @@ def segmentation_config(args, argv, split: str, n_frames: int, evaluated: int,
         "versions": {"opencv": cv2.__version__, "torch": torch.__version__,
                      "numpy": np.__version__},
     }
+
+
+def metrics_code_version() -> str:
+    """A short hash of the metric definitions (metrics.py): a stored run whose hash differs was
+    measured with other formulas and must not be reused (tools/model_card.py --reuse)."""
+    return hashlib.sha256(Path(M.__file__).read_bytes()).hexdigest()[:12]
 
 
 def run_evaluation(dataset, methods, max_keypoints: int, seed: int, out_dir: Path,
