@@ -58,3 +58,12 @@ def test_reuse_needs_the_same_command_and_metric_code(tmp_path, monkeypatch):
         calls.clear()
         record = model_card.run_eval(flags, output, reuse=True)
         assert record["fresh"] is not reused and len(calls) == (0 if reused else 1)
+
+
+def test_config_names_ending_in_round_are_config_names_unless_the_run_made_labels():
+    assert model_card.config_and_round(
+        {"name": "keypoints_cpu_round1", "data": {"labels": "adapt"}}) == ("keypoints_cpu", 1)
+    reused = {"name": "camvid_cpu_round4", "data": {"labels": "runs/camvid_cpu_round2/labels"}}
+    assert model_card.config_and_round(reused) == ("camvid_cpu_round4", None)
+    assert model_card.adaptation_record(reused) == "reused: `runs/camvid_cpu_round2/labels`"
+    assert model_card.adaptation_record({"name": "magicpoint_cpu", "data": {}}) == "-"

@@ -50,16 +50,23 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 
 def config_and_round(conf: dict) -> tuple[str, int | None]:
-    """The config file a run came from and its label round (rounds are named <config>_round<r>)."""
+    """The config file a run came from and its label round: a run that labels its own images
+    (data.labels: adapt) is named <config>_round<r>; any other name is the config's own, even
+    one that ends in _round<r> (camvid_cpu_round4.yaml)."""
     match = re.fullmatch(r"(.*)_round(\d+)", str(conf.get("name")))
-    return (match.group(1), int(match.group(2))) if match else (str(conf.get("name")), None)
+    if match and conf.get("data", {}).get("labels") == "adapt":
+        return match.group(1), int(match.group(2))
+    return str(conf.get("name")), None
 
 
 def adaptation_record(conf: dict) -> str:
     """The homographic adaptation that made a label round's pseudo-labels, read from the
     adaptation.json superseg-adapt wrote beside them (runs/<name>/labels_round<r>)."""
     _, label_round = config_and_round(conf)
-    if conf.get("data", {}).get("labels") != "adapt" or label_round is None:
+    labels = conf.get("data", {}).get("labels")
+    if labels not in (None, "adapt"):
+        return f"reused: `{labels}`"
+    if label_round is None:
         return "-"
     path = ROOT / Path(conf["output"]).parent / f"labels_round{label_round}" / "adaptation.json"
     if not path.is_file():
