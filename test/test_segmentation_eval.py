@@ -166,6 +166,7 @@ def test_cli_writes_the_report(tmp_path, camvid, checkpoint, capsys, one_thread)
     config = record["config"]
     assert (config["dataset"], config["split"], config["frames"], config["max_keypoints"],
             config["mask_threshold"]) == ("camvid", "val", 2, 50, 0.5)
+    assert config["metrics_code"] == cli.metrics_code_version()  # what --reuse compares
     groups = record["segmentation"]["groups"]
     assert record["segmentation"]["classes"] is None  # 19 Cityscapes classes vs CamVid's 11
     assert np.array(groups["confusion"]).sum() == groups["pixels"] == labelled_pixels(2)

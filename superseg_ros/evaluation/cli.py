@@ -355,15 +355,20 @@ def segmentation_config(args, argv, split: str, n_frames: int, evaluated: int,
         "keypoint_lookup": "nearest pixel, floor(x + 0.5), floor(y + 0.5)",
         "dense": True, "keep_unstable": True, "force_semantic": args.force_semantic,
         "device": str(extractor.device), "backend": extractor.backend,
+        "metrics_code": metrics_code_version(),
         "versions": {"opencv": cv2.__version__, "torch": torch.__version__,
                      "numpy": np.__version__},
     }
 
 
 def metrics_code_version() -> str:
-    """A short hash of the metric definitions (metrics.py): a stored run whose hash differs was
-    measured with other formulas and must not be reused (tools/model_card.py --reuse)."""
-    return hashlib.sha256(Path(M.__file__).read_bytes()).hexdigest()[:12]
+    """A short hash of the metric definitions (metrics.py and segmentation.py): a stored run
+    whose hash differs was measured with other formulas and must not be reused
+    (tools/model_card.py --reuse)."""
+    digest = hashlib.sha256()
+    for module in (M, S):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def run_evaluation(dataset, methods, max_keypoints: int, seed: int, out_dir: Path,
