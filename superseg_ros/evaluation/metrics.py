@@ -291,18 +291,18 @@ def evaluate_pair(feat_a: dict, feat_b: dict, H, shape_a, shape_b, binary: bool 
     matches = mutual_nn_matches(desc)
     errors = reprojection_errors(kp_a, kp_b, matches, H)
     corr = _correspondences(kp_a, kp_b, H, shape_a, shape_b, CORRECT_PX)
+    h_errors = corner_errors(kp_a, kp_b, matches, H, shape_a, seed, draws)
     result = {
         "keypoints": (len(kp_a) + len(kp_b)) / 2,
         "shared_keypoints": (d.shape[0] + d.shape[1]) / 2,
         "localization_error": float(samples.mean()) if samples.size else float("nan"),
         "matches": len(matches),
-        "corner_errors": corner_errors(kp_a, kp_b, matches, H, shape_a, seed, draws),
+        "corner_errors": h_errors, "corner_error": float(np.median(h_errors)),
         "nn_map": _symmetric_ap(desc, corr),
         "matching_score": matching_score(kp_a, kp_b, matches, H, shape_a, shape_b),
         "mma": mean_matching_accuracy(errors, CURVE_PX),
         "loc_samples": samples, "matches_ij": matches, "match_errors": errors,
     }
-    result["corner_error"] = float(np.median(result["corner_errors"]))
     for eps in REPEATABILITY_PX:
         result[f"repeatability@{eps:g}px"] = repeatability_from_distances(d, eps)
     return result
