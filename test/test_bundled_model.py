@@ -25,13 +25,16 @@ def test_bundled_model_is_small_and_loads_by_default():
     assert model.semantics == semantics_for("classes", "camvid")
     # the file says how it was made: stage 1, stage 2, stage 3 on CamVid (the decoder then moved
     # to stride 4), a second keypoint round on real images, continued, then with the heatmap-
-    # centroid refinement, and stage 3 again; each with its config
+    # centroid refinement, stage 3 again, a round on denser labels, then stage 3 on the semantic
+    # head alone (the keypoint heads frozen); each with its config
     runs = model.meta["history"] + [model.meta]
     assert [m["stage"] for m in runs] == ["magicpoint", "joint", "labelled", "labelled", "joint",
-                                          "joint", "joint", "labelled"]
+                                          "joint", "joint", "labelled", "joint", "labelled"]
     assert [m["config"]["name"] for m in runs] == [
         "magicpoint_cpu", "joint_cpu_round1", "camvid_cpu_round1", "camvid_cpu_stride4",
-        "keypoints_cpu_round1", "keypoints_cpu_long", "subpixel_joint_cpu", "camvid_cpu_round4"]
+        "keypoints_cpu_round1", "keypoints_cpu_long", "subpixel_joint_cpu", "camvid_cpu_round4",
+        "keypoints_dense_cpu_round1", "camvid_semantic_dense"]
+    assert runs[-1]["config"]["train_only"] == ["semantic"]
     assert model.config["decoder_stride"] == 4 and model.config["subpixel_window"] == 2
     assert runs[-1]["config"]["data"]["dataset"] == "camvid"
 
