@@ -67,3 +67,18 @@ def test_config_names_ending_in_round_are_config_names_unless_the_run_made_label
     assert model_card.config_and_round(reused) == ("camvid_cpu_round4", None)
     assert model_card.adaptation_record(reused) == "reused: `runs/camvid_cpu_round2/labels`"
     assert model_card.adaptation_record({"name": "magicpoint_cpu", "data": {}}) == "-"
+
+
+def test_training_record_says_which_parts_each_stage_trained():
+    class Model:  # the two attributes training_record reads from a loaded checkpoint
+        trained_heads = {"detector": True, "semantic": True}
+        meta = {"stage": "labelled", "name": "camvid_semantic_dense", "step": 1000,
+                "config": {"name": "camvid_semantic_dense", "train_only": ["semantic"],
+                           "data": {"size": [192, 256]}},
+                "history": [{"stage": "joint", "name": "keypoints_cpu", "step": 1500,
+                             "config": {"name": "keypoints_cpu", "data": {"size": [192, 256]}}}]}
+
+    rows = [line.split(" | ") for line in model_card.training_record(Model()).splitlines()
+            if line.startswith("| joint") or line.startswith("| labelled")]
+    assert [(row[1], row[2]) for row in rows] == [("keypoints_cpu", "all"),
+                                                   ("camvid_semantic_dense", "semantic")]

@@ -78,17 +78,24 @@ def adaptation_record(conf: dict) -> str:
             f"{summary['wall_time_s'] / 60:.1f} min")
 
 
+def trained_parts(conf: dict) -> str:
+    """The model parts a stage trained: those its `train_only` names; "all" without one (every
+    part its losses reach)."""
+    return ", ".join(conf.get("train_only") or []) or "all"
+
+
 def training_record(model) -> str:
     stages = list(model.meta.get("history", [])) + [
         {k: v for k, v in model.meta.items() if k != "history"}]
-    lines = ["| stage | run | pseudo-labels before it | steps | wall time | batch | resolution "
-             "| config |", "|---|---|---|--:|--:|--:|---|---|"]
+    lines = ["| stage | run | trains | pseudo-labels before it | steps | wall time | batch "
+             "| resolution | config |", "|---|---|---|---|--:|--:|--:|---|---|"]
     for s in stages:
         conf = s.get("config", {})
         data = conf.get("data", {})
         size = data.get("size") or [data.get("shapes", {}).get("height"),
                                     data.get("shapes", {}).get("width")]
-        lines.append(f"| {s.get('stage')} | {s.get('name')} | {adaptation_record(conf)} | "
+        lines.append(f"| {s.get('stage')} | {s.get('name')} | {trained_parts(conf)} | "
+                     f"{adaptation_record(conf)} | "
                      f"{s.get('step')} | {s.get('wall_time_s', 0) / 60:.1f} min | "
                      f"{conf.get('batch_size')} | {size[0]}x{size[1]} | "
                      f"`training/configs/{config_and_round(conf)[0]}.yaml` |")

@@ -34,9 +34,9 @@ COLUMNS = [
 LEGEND = ("kpts: keypoints per image; rep@e: repeatability at e px; loc.err: mean localisation "
           "error (px) of points repeated within 3 px; H@e: fraction of pairs with mean corner "
           "error <= e px, averaged over RANSAC draws; AUC@e: area under the corner-error curve "
-          "up to e px; NN mAP: "
-          "nearest-neighbour mean average precision; MS: matching score; MMA@3: mean matching "
-          "accuracy at 3 px; matches: mutual nearest neighbours per pair; ms/img: extraction time")
+          "up to e px; NN mAP: nearest-neighbour mean average precision; MS: matching score; "
+          "MMA@3: mean matching accuracy at 3 px; matches: mutual nearest neighbours per pair; "
+          "ms/img: extraction time")
 
 
 def _cell(summary: dict, key: str, fmt: str) -> str:
