@@ -80,5 +80,5 @@ def test_training_record_says_which_parts_each_stage_trained():
 
     rows = [line.split(" | ") for line in model_card.training_record(Model()).splitlines()
             if line.startswith("| joint") or line.startswith("| labelled")]
-    assert [(row[1], row[2]) for row in rows] == [("keypoints_cpu", "all"),
+    assert [(row[1], row[2]) for row in rows] == [("keypoints_cpu", "-"),
                                                    ("camvid_semantic_dense", "semantic")]

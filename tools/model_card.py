@@ -79,15 +79,15 @@ def adaptation_record(conf: dict) -> str:
 
 
 def trained_parts(conf: dict) -> str:
-    """The model parts a stage trained: those its `train_only` names; "all" without one (every
-    part its losses reach)."""
-    return ", ".join(conf.get("train_only") or []) or "all"
+    """A stage's `train_only` (the only parts it trained), "-" without one: then every part its
+    losses reach learned."""
+    return ", ".join(conf.get("train_only") or []) or "-"
 
 
 def training_record(model) -> str:
     stages = list(model.meta.get("history", [])) + [
         {k: v for k, v in model.meta.items() if k != "history"}]
-    lines = ["| stage | run | trains | pseudo-labels before it | steps | wall time | batch "
+    lines = ["| stage | run | train_only | pseudo-labels before it | steps | wall time | batch "
              "| resolution | config |", "|---|---|---|---|--:|--:|--:|---|---|"]
     for s in stages:
         conf = s.get("config", {})
