@@ -280,6 +280,30 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
     return model.to(device).eval()
 
 
+# Model settings that choose how trained weights are read, not what they are: they may change
+# after training (tools/ship_model.py --set). Anything else would need retraining.
+REFINEMENT_KEYS = ("subpixel_window", "subpixel_head")
+
+
+def with_refinement(model: SuperSegmentation, settings: dict) -> tuple[SuperSegmentation, list]:
+    """A copy of `model` with other sub-pixel refinement settings (REFINEMENT_KEYS) and the same
+    weights; weights of a part the new settings do not build (the sub-pixel head when
+    subpixel_head is false) are left out. Returns (model, names of the dropped weights)."""
+    other = sorted(set(settings) - set(REFINEMENT_KEYS))
+    if other:
+        raise ConfigError(f"{', '.join(other)}: only {', '.join(REFINEMENT_KEYS)} can change "
+                          "after training (the others change what the weights mean)")
+    new = SuperSegmentation({**model.config, **settings}, model.semantics)
+    own, state = new.state_dict(), model.state_dict()
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise ConfigError(f"{', '.join(f'{k}={v!r}' for k, v in settings.items())} needs weights "
+                          f"this model does not have (e.g. {missing[0]}): train them instead")
+    new.load_state_dict({k: state[k] for k in own})
+    new.trained_heads, new.meta = dict(model.trained_heads), dict(model.meta)
+    return new.to(model.device).eval(), sorted(set(state) - set(own))
+
+
 def untrained_heads(model: SuperSegmentation) -> list[str]:
     return [h for h in HEADS if not model.trained_heads.get(h, False)]
 

@@ -33,7 +33,7 @@ DEFAULT_EXTRACTOR_CONFIG = {
     "detection_threshold": 0.015,   # minimum heatmap probability (SuperPoint's default)
     "nms_radius": 4,                # pixels; a peak must be the maximum of its (2r+1)^2 window
     "remove_borders": 4,            # pixels at each image edge where no keypoint is kept
-    "subpixel": True,               # move peaks by the sub-pixel head's offsets
+    "subpixel": True,               # move peaks by the model's sub-pixel offsets
     "semantic_filter": "auto",      # auto: on if the semantic head was trained | on | off
     "force_semantic": False,        # allow semantic_filter=on with an untrained semantic head
     "stable_groups": list(DEFAULT_STABLE_GROUPS),
@@ -214,6 +214,10 @@ class Extractor:
                                         size=heatmap.shape[-2:], mode="bilinear",
                                         align_corners=False)[:, 0]
             stability_mask = stable_prob >= float(conf["mask_threshold"])
+            # a peak is judged where it will be published: at its refined position
+            stable_at_peak = stability_mask if not conf["subpixel"] else \
+                pp.sample_at_offsets(stable_prob, outputs["offsets"].float()) \
+                >= float(conf["mask_threshold"])
             if self.dense:
                 best_class = F.interpolate(class_prob, size=heatmap.shape[-2:], mode="bilinear",
                                            align_corners=False).argmax(1)
@@ -224,14 +228,14 @@ class Extractor:
             if not conf["keep_unstable"]:
                 # the best removed peaks, so overlays can show what the filter rejected
                 rejected_xy, _, _, rejected_valid = pp.top_k_peaks(
-                    heatmap, peaks & ~stability_mask, int(conf["max_keypoints"]))
+                    heatmap, peaks & ~stable_at_peak, int(conf["max_keypoints"]))
                 extras["rejected_keypoints"] = (rejected_xy, rejected_valid)
-                peaks &= stability_mask
+                peaks &= stable_at_peak
 
         xy, scores, index, valid = pp.top_k_peaks(heatmap, peaks, int(conf["max_keypoints"]))
         b, k = scores.shape
         if self.semantic_active:
-            stable = pp.gather_pixels(stability_mask[:, None], index)[..., 0]
+            stable = pp.gather_pixels(stable_at_peak[:, None], index)[..., 0]
             labels = pp.sample_bilinear(class_prob, xy, 4).argmax(-1)
             groups = self.class_to_group[labels]
         else:

@@ -99,6 +99,19 @@ def sample_bilinear(maps: torch.Tensor, xy: torch.Tensor, stride: int) -> torch.
             + (at(v1, u0) * (1 - du) + at(v1, u1) * du) * dv)
 
 
+def sample_at_offsets(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) values read, for every pixel, where its (B, 2, H, W) offsets (dx, dy) move it:
+    bilinear between pixel centres, the edge pixel repeated outside -> (B, H, W)."""
+    b, h, w = values.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=values.dtype, device=values.device),
+                            torch.arange(w, dtype=values.dtype, device=values.device),
+                            indexing="ij")
+    x, y = xs + offsets[:, 0], ys + offsets[:, 1]
+    grid = torch.stack([2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1], dim=-1)
+    return F.grid_sample(values[:, None], grid, mode="bilinear", padding_mode="border",
+                         align_corners=True)[:, 0]
+
+
 def group_probabilities(class_prob: torch.Tensor, class_to_group: torch.Tensor,
                         num_groups: int) -> torch.Tensor:
     """(B, M, h, w) class probabilities -> (B, G, h, w) probability of each stability group."""

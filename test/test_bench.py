@@ -36,11 +36,11 @@ def test_schedule_runs_every_row_and_size_once_per_repeat_in_a_rotating_order():
 
 def test_rows_for_the_bundled_model_are_the_reference_the_lean_default_and_itself():
     """The bundled model is the lean preset with a stride-4 decoder and the heatmap-centroid
-    refinement: it is timed itself, beside the lean default and the dilated architecture it
-    replaced (random weights: speed does not depend on them), and its rows name what differs
-    from the default."""
+    refinement without the sub-pixel head: it is timed itself, beside the lean default and the
+    dilated architecture it replaced (random weights: speed does not depend on them), and its
+    rows name what differs from the default."""
     rows = bench.plan_rows(None, ["torch", "onnxruntime"])
-    bundled = "lean (decoder_stride 4, subpixel_window 2)"
+    bundled = "lean (decoder_stride 4, subpixel_window 3, subpixel_head False)"
     assert [(r.architecture, r.backend, r.reference) for r in rows] == [
         ("dilated (reference)", "torch", True), ("lean", "torch", False),
         ("lean", "onnxruntime", False), (bundled, "torch", False),

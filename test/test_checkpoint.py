@@ -184,3 +184,39 @@ def test_saved_files_get_normal_permissions(tmp_path, tiny_model):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_shipping_can_change_the_refinement_and_nothing_else(tmp_path, tiny_model):
+    """tools/ship_model.py --set: the refinement settings change, every weight that is still
+    used stays, the unused head is left out of the file, and the change is recorded."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "ship_model", Path(__file__).resolve().parents[1] / "tools" / "ship_model.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    trained = save_checkpoint(tiny_model, tmp_path / "trained.pt",
+                              meta={"stage": "joint"})
+    out = tmp_path / "shipped.pt"
+    assert ship.main([str(trained), "--output", str(out), "--set", "subpixel_window=3",
+                      "--set", "subpixel_head=false"]) == 0
+    shipped = load_model(out)
+    assert shipped.config["subpixel_window"] == 3 and shipped.subpixel is None
+    assert shipped.meta["set_at_shipping"] == {"subpixel_window": 3, "subpixel_head": False}
+    assert shipped.meta["stage"] == "joint"
+    stored = read_checkpoint(out)["state_dict"]
+    assert not any(k.startswith("subpixel.") for k in stored)
+    for key, value in tiny_model.state_dict().items():
+        if not key.startswith("subpixel."):
+            assert torch.equal(stored[key].to(value.dtype), value.half().to(value.dtype)), key
+
+
+def test_settings_that_change_what_the_weights_mean_cannot_be_set_at_shipping(tiny_model):
+    from superseg_ros.checkpoint import with_refinement
+    with pytest.raises(ConfigError, match="decoder_stride: only subpixel_window, subpixel_head"):
+        with_refinement(tiny_model, {"decoder_stride": 8})
+    no_head, dropped = with_refinement(tiny_model, {"subpixel_window": 2,
+                                                    "subpixel_head": False})
+    assert dropped and all(k.startswith("subpixel.") for k in dropped)
+    with pytest.raises(ConfigError, match="needs weights this model does not have"):
+        with_refinement(no_head, {"subpixel_head": True})

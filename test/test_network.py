@@ -256,3 +256,30 @@ def test_subpixel_window_must_be_a_non_negative_integer():
         SuperSegmentation({"subpixel_window": -1})
     with pytest.raises(ConfigError, match="subpixel_window must be int"):
         SuperSegmentation({"subpixel_window": 1.5})
+
+
+def test_without_the_subpixel_head_the_heatmap_centroid_alone_refines():
+    from superseg_ros.network.heads import heatmap_centroid
+    torch.manual_seed(0)
+    small = {"encoder": "vgg", "head_channels": 32, "descriptor_dim": 32, "subpixel_window": 3}
+    with_head = SuperSegmentation(small).eval()
+    centroid_only = SuperSegmentation({**small, "subpixel_head": False}).eval()
+    assert centroid_only.subpixel is None
+    state = with_head.state_dict()
+    assert sorted(set(state) - set(centroid_only.state_dict())) == sorted(
+        k for k in state if k.startswith("subpixel."))  # the head's weights, nothing else
+    centroid_only.load_state_dict({k: v for k, v in state.items()
+                                   if not k.startswith("subpixel.")})
+    image = torch.rand(1, 3, 32, 40)
+    with torch.inference_mode():
+        a, b = with_head(image, semantics=False), centroid_only(image, semantics=False)
+    assert torch.equal(b["offsets"], heatmap_centroid(b["heatmap"], 3))
+    assert not torch.equal(a["offsets"], b["offsets"])  # the head did move the peaks
+    for key in ("heatmap", "descriptors"):
+        assert torch.equal(a[key], b[key])
+    assert b["offsets"].abs().max() <= 3
+
+
+def test_without_the_subpixel_head_a_centroid_window_is_required():
+    with pytest.raises(ConfigError, match="subpixel_head false needs model.subpixel_window > 0"):
+        SuperSegmentation({"subpixel_head": False})

@@ -145,6 +145,46 @@ def test_keypoints_on_dynamic_regions_are_dropped():
     np.testing.assert_array_equal(out["rejected_keypoints"], [[10, 20], [20, 30]])
 
 
+def test_a_keypoint_is_judged_where_it_is_published_after_refinement():
+    """The filter reads the mask at each keypoint's refined position: a peak on the car that
+    refinement moves onto the building is kept (published on the building), a peak on the
+    building moved onto the car is dropped. Without refinement each peak stays where it is."""
+    peaks = [(32, 20, 0.9), (48, 30, 0.8)]  # car for x < 36, building for x >= 44
+    for offset, kept in (((13.0, 0.0), [[45, 20], [61, 30]]), ((-13.0, 0.0), []),
+                         (None, [[48, 30]])):
+        model = ImageAsHeatmap(offset=offset or (13.0, 0.0), class_left=CAR,
+                               class_right=BUILDING)
+        extractor = Extractor(model, {"remove_borders": 0, "subpixel": offset is not None})
+        out = extractor(image_with_peaks(48, 80, peaks)).unbatch()[0]
+        np.testing.assert_array_equal(out["keypoints"], np.reshape(kept, (-1, 2)))
+        assert out["stable"].all()
+    extractor = Extractor(ImageAsHeatmap(offset=(-13.0, 0.0), class_left=CAR,
+                                         class_right=BUILDING),
+                          {"remove_borders": 0, "keep_unstable": True})
+    out = extractor(image_with_peaks(48, 80, peaks)).unbatch()[0]
+    np.testing.assert_array_equal(out["stable"], [False, False])
+
+
+def test_sampling_at_offsets_matches_brute_force_bilinear(rng):
+    values = torch.from_numpy(rng.random((2, 9, 13)).astype(np.float32))
+    offsets = torch.from_numpy(rng.uniform(-3, 3, (2, 2, 9, 13)).astype(np.float32))
+    got = pp.sample_at_offsets(values, offsets).numpy()
+    v, o = values.numpy(), offsets.numpy()
+    for b in range(2):
+        for y in range(9):
+            for x in range(13):
+                u = np.clip(x + o[b, 0, y, x], 0, 12)
+                t = np.clip(y + o[b, 1, y, x], 0, 8)
+                u0, t0 = int(np.floor(u)), int(np.floor(t))
+                u1, t1 = min(u0 + 1, 12), min(t0 + 1, 8)
+                fu, ft = u - u0, t - t0
+                want = ((v[b, t0, u0] * (1 - fu) + v[b, t0, u1] * fu) * (1 - ft)
+                        + (v[b, t1, u0] * (1 - fu) + v[b, t1, u1] * fu) * ft)
+                assert got[b, y, x] == pytest.approx(want, abs=1e-5)
+    torch.testing.assert_close(pp.sample_at_offsets(values, torch.zeros_like(offsets)), values,
+                               rtol=0, atol=1e-6)
+
+
 def test_keep_unstable_flags_instead_of_dropping():
     out = run_stability(keep_unstable=True)
     assert len(out["keypoints"]) == 4

@@ -111,15 +111,16 @@ def architecture(model) -> dict:
 
 
 def row_label(model, lean) -> str:
-    """The model's preset, and what differs from the lean default when that is one or two
-    settings (the bundled model: 'lean (decoder_stride 4)'); a wholly other network of the
-    same preset (another encoder, widths) is named by its preset only."""
+    """The model's preset, and what differs from the lean default when that is one to three
+    settings (the bundled model: 'lean (decoder_stride 4, subpixel_window 3, subpixel_head
+    False)'); a wholly other network of the same preset (another encoder, widths) is named by
+    its preset only."""
     conf = model.config
     if conf["preset"] != lean.config["preset"]:
         return conf["preset"]
     changed = [f"{k} {v}" for k, v in conf.items()
                if k not in ("preset", "num_classes") and lean.config.get(k) != v]
-    return conf["preset"] + (f" ({', '.join(changed)})" if 0 < len(changed) <= 2 else "")
+    return conf["preset"] + (f" ({', '.join(changed)})" if 0 < len(changed) <= 3 else "")
 
 
 def plan_rows(spec: str | None, backends: list[str]) -> list[Row]:

@@ -9,8 +9,9 @@ Output dict:
     descriptors   (B, D, H/8, W/8)   unit-norm descriptors, one per cell
     segmentation  (B, M, H/4, W/4)   semantic class logits (absent with semantics=False)
     offsets       (B, 2, H, W)       sub-pixel (dx, dy) in pixels: the sub-pixel head's
-                                     (|.| <= subpixel_max_offset), plus with subpixel_window r > 0
-                                     the heatmap's centroid in the (2r+1)^2 window (|.| <= r)
+                                     (|.| <= subpixel_max_offset; absent with subpixel_head
+                                     false), plus with subpixel_window r > 0 the heatmap's
+                                     centroid in the (2r+1)^2 window (|.| <= r)
 
 Architectures (`preset`; every other key still overrides the preset's value):
     lean     (default) ResNet-18 at width 32 with its standard strides, an FPN-style neck back to
@@ -56,7 +57,9 @@ DEFAULT_CONFIG = {
     "separable": False,           # depthwise-separable 3x3 convolutions in the ASPP and decoder
     "subpixel_max_offset": 1.0,   # pixels; the sub-pixel head can move a peak at most this far
     "subpixel_window": 0,         # r > 0: offsets also hold the heatmap's centroid around each
-}                                 # pixel ((2r+1)^2 window), a soft-argmax of the peak
+                                  # pixel ((2r+1)^2 window), a soft-argmax of the peak
+    "subpixel_head": True,        # false: no learned offset, the centroid alone refines (needs
+}                                 # subpixel_window > 0); the head is then not built
 
 # What a non-dilated ResNet and its neck need; the other encoders keep DEFAULT_CONFIG's values.
 RESNET_ONLY = ("encoder_dilation", "neck_channels", "aspp_stride")
@@ -108,6 +111,9 @@ def model_config(overrides: dict | None = None) -> dict:
     if conf["subpixel_window"] < 0:  # merge_config has already checked that it is an int
         raise ConfigError("model.subpixel_window must be an integer >= 0 (pixels), got "
                           f"{conf['subpixel_window']!r}")
+    if not conf["subpixel_head"] and not conf["subpixel_window"]:
+        raise ConfigError("model.subpixel_head false needs model.subpixel_window > 0: without "
+                          "the head, the heatmap's centroid is the only sub-pixel refinement")
     return conf
 
 
@@ -136,7 +142,8 @@ class SuperSegmentation(nn.Module):
                                      conf["aspp_rates"], conf["low_level_channels"],
                                      conf["decoder_channels"], conf["separable"],
                                      conf["decoder_stride"])
-        self.subpixel = SubpixelHead(c, h, conf["subpixel_max_offset"])
+        self.subpixel = SubpixelHead(c, h, conf["subpixel_max_offset"]) \
+            if conf["subpixel_head"] else None
 
         channels = conf["input_channels"]
         mean = torch.tensor(IMAGENET_MEAN if channels == 3 else (0.449,)).view(1, channels, 1, 1)
@@ -155,7 +162,9 @@ class SuperSegmentation(nn.Module):
                              "(use superseg_ros.Extractor, which pads)")
         features, aspp_input, skip = self.encode((image - self.mean) / self.std)
         logits, heatmap = self.detector(features)
-        offsets = self.subpixel(features)
+        offsets = 0
+        if self.subpixel is not None:
+            offsets = self.subpixel(features)
         if self.config["subpixel_window"]:
             offsets = offsets + heatmap_centroid(heatmap, self.config["subpixel_window"])
         out = {"logits": logits, "heatmap": heatmap, "descriptors": self.descriptor(features),
