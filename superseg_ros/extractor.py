@@ -215,7 +215,7 @@ class Extractor:
                                         align_corners=False)[:, 0]
             stability_mask = stable_prob >= float(conf["mask_threshold"])
             # a peak is judged where it will be published: at its refined position
-            stable_at_peak = stability_mask if not conf["subpixel"] else \
+            stable_where_published = stability_mask if not conf["subpixel"] else \
                 pp.sample_at_offsets(stable_prob, outputs["offsets"].float()) \
                 >= float(conf["mask_threshold"])
             if self.dense:
@@ -228,14 +228,14 @@ class Extractor:
             if not conf["keep_unstable"]:
                 # the best removed peaks, so overlays can show what the filter rejected
                 rejected_xy, _, _, rejected_valid = pp.top_k_peaks(
-                    heatmap, peaks & ~stable_at_peak, int(conf["max_keypoints"]))
+                    heatmap, peaks & ~stable_where_published, int(conf["max_keypoints"]))
                 extras["rejected_keypoints"] = (rejected_xy, rejected_valid)
-                peaks &= stable_at_peak
+                peaks &= stable_where_published
 
         xy, scores, index, valid = pp.top_k_peaks(heatmap, peaks, int(conf["max_keypoints"]))
         b, k = scores.shape
         if self.semantic_active:
-            stable = pp.gather_pixels(stable_at_peak[:, None], index)[..., 0]
+            stable = pp.gather_pixels(stable_where_published[:, None], index)[..., 0]
             labels = pp.sample_bilinear(class_prob, xy, 4).argmax(-1)
             groups = self.class_to_group[labels]
         else:

@@ -162,9 +162,7 @@ class SuperSegmentation(nn.Module):
                              "(use superseg_ros.Extractor, which pads)")
         features, aspp_input, skip = self.encode((image - self.mean) / self.std)
         logits, heatmap = self.detector(features)
-        offsets = 0
-        if self.subpixel is not None:
-            offsets = self.subpixel(features)
+        offsets = self.subpixel(features) if self.subpixel is not None else 0
         if self.config["subpixel_window"]:
             offsets = offsets + heatmap_centroid(heatmap, self.config["subpixel_window"])
         out = {"logits": logits, "heatmap": heatmap, "descriptors": self.descriptor(features),
