@@ -216,8 +216,8 @@ class Extractor:
             stability_mask = stable_prob >= float(conf["mask_threshold"])
             # a peak is judged where it will be published: at its refined position
             stable_where_published = stability_mask if not conf["subpixel"] else \
-                pp.sample_at_offsets(stable_prob, outputs["offsets"].float()) \
-                >= float(conf["mask_threshold"])
+                pp.refined_peaks_where(stable_prob, outputs["offsets"].float(), peaks,
+                                       float(conf["mask_threshold"]))
             if self.dense:
                 best_class = F.interpolate(class_prob, size=heatmap.shape[-2:], mode="bilinear",
                                            align_corners=False).argmax(1)

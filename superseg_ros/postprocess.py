@@ -99,17 +99,16 @@ def sample_bilinear(maps: torch.Tensor, xy: torch.Tensor, stride: int) -> torch.
             + (at(v1, u0) * (1 - du) + at(v1, u1) * du) * dv)
 
 
-def sample_at_offsets(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) values read, for every pixel, where its (B, 2, H, W) offsets (dx, dy) move it:
-    bilinear between pixel centres, the edge pixel repeated outside -> (B, H, W)."""
-    b, h, w = values.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=values.dtype, device=values.device),
-                            torch.arange(w, dtype=values.dtype, device=values.device),
-                            indexing="ij")
-    x, y = xs + offsets[:, 0], ys + offsets[:, 1]
-    grid = torch.stack([2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1], dim=-1)
-    return F.grid_sample(values[:, None], grid, mode="bilinear", padding_mode="border",
-                         align_corners=True)[:, 0]
+def refined_peaks_where(values: torch.Tensor, offsets: torch.Tensor, peaks: torch.Tensor,
+                        threshold: float) -> torch.Tensor:
+    """(B, H, W) bool: at each peak of `peaks`, whether `values` (B, H, W), read bilinearly where
+    the peak's (B, 2, H, W) offsets move it, is >= `threshold`; False off the peaks."""
+    judged = torch.zeros_like(peaks)
+    for i in range(peaks.shape[0]):
+        y, x = peaks[i].nonzero(as_tuple=True)
+        xy = torch.stack([x, y], -1).to(offsets.dtype) + offsets[i, :, y, x].T   # (K, 2)
+        judged[i, y, x] = sample_bilinear(values[i, None, None], xy[None], 1)[0, :, 0] >= threshold
+    return judged
 
 
 def group_probabilities(class_prob: torch.Tensor, class_to_group: torch.Tensor,

@@ -165,10 +165,13 @@ def test_a_keypoint_is_judged_where_it_is_published_after_refinement():
     np.testing.assert_array_equal(out["stable"], [False, False])
 
 
-def test_sampling_at_offsets_matches_brute_force_bilinear(rng):
+def test_refined_peaks_are_judged_by_brute_force_bilinear_reads(rng):
+    """Each peak reads the values bilinearly where its offsets move it (edges repeated), and is
+    judged against the threshold there; pixels that are not peaks are never judged stable."""
     values = torch.from_numpy(rng.random((2, 9, 13)).astype(np.float32))
     offsets = torch.from_numpy(rng.uniform(-3, 3, (2, 2, 9, 13)).astype(np.float32))
-    got = pp.sample_at_offsets(values, offsets).numpy()
+    peaks = torch.from_numpy(rng.random((2, 9, 13)) < 0.5)
+    got = pp.refined_peaks_where(values, offsets, peaks, 0.5).numpy()
     v, o = values.numpy(), offsets.numpy()
     for b in range(2):
         for y in range(9):
@@ -180,9 +183,15 @@ def test_sampling_at_offsets_matches_brute_force_bilinear(rng):
                 fu, ft = u - u0, t - t0
                 want = ((v[b, t0, u0] * (1 - fu) + v[b, t0, u1] * fu) * (1 - ft)
                         + (v[b, t1, u0] * (1 - fu) + v[b, t1, u1] * fu) * ft)
-                assert got[b, y, x] == pytest.approx(want, abs=1e-5)
-    torch.testing.assert_close(pp.sample_at_offsets(values, torch.zeros_like(offsets)), values,
-                               rtol=0, atol=1e-6)
+                read = pp.sample_bilinear(values[b, None, None],
+                                          torch.tensor([[[x + o[b, 0, y, x],
+                                                          y + o[b, 1, y, x]]]]), 1)
+                assert read.item() == pytest.approx(want, abs=1e-5)
+                if abs(want - 0.5) > 1e-5:
+                    assert got[b, y, x] == (bool(peaks[b, y, x]) and want >= 0.5)
+    no_move = pp.refined_peaks_where(values, torch.zeros_like(offsets), torch.ones_like(peaks),
+                                     0.5)
+    torch.testing.assert_close(no_move, values >= 0.5, rtol=0, atol=0)
 
 
 def test_keep_unstable_flags_instead_of_dropping():
