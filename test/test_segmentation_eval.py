@@ -329,7 +329,7 @@ def test_cli_unreadable_frame_costs_itself(tmp_path, camvid, checkpoint, capsys)
     (["--segmentation", "CAMVID", "--dataset", "camvid", "--split", "test"],
      "test is not a folder"),
     (["--segmentation", "CAMVID", "--dataset", "camvid", "--pairs", "3"],
-     "--pairs: only with --hpatches or --images"),
+     "--pairs: only with --images"),
     (["--images", "CAMVID/val", "--dataset", "camvid"], "--dataset: only with --segmentation"),
 ])
 def test_cli_bad_segmentation_input_exits_2(tmp_path, camvid, checkpoint, capsys, args,

@@ -10,10 +10,12 @@ Runs superseg-eval (the model with its semantic filter off, as a detector: witho
 refinement, with the filter, OpenCV SIFT and ORB, on the same pairs) on real HPatches pairs at
 native resolution and at SuperPoint's 480x640 protocol (--hpatches-size), once per held-out folder
 of generated pairs, and
-superseg-eval --segmentation on the labelled frames; with --reference-model, the keypoint runs
+superseg-eval --segmentation on the labelled frames, superseg-eval --poses on real posed pairs
+(the held-out frames of --split only); with --reference-model, the keypoint runs
 again for the previous model (before/after). It writes, between the markers in models/README.md:
   - the evaluation tables (copied from the runs' metrics.md, never typed by hand),
   - the segmentation and keypoint-filter tables,
+  - the relative-pose tables,
   - the before/after table,
   - the training record read from the checkpoint itself (stages, steps, wall time, configs).
 The runs' full output (JSON, plots, overlays) stays in --output.
@@ -34,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from superseg_ros.checkpoint import load_model  # noqa: E402
 from superseg_ros.evaluation.cli import main as eval_main, metrics_code_version  # noqa: E402
 from superseg_ros.extractor import DEFAULT_EXTRACTOR_CONFIG  # noqa: E402
+from superseg_ros.evaluation.poses import COLUMNS as POSE_COLUMNS  # noqa: E402
 from superseg_ros.evaluation.report import markdown_table  # noqa: E402
 from superseg_ros.evaluation.segmentation import (SWEEP_HEADER, filter_rows,  # noqa: E402
                                                   iou_rows, markdown, sweep_rows)
@@ -337,6 +340,34 @@ def segmentation_record(record: dict, output: Path, root: str, split: str) -> st
     return "\n".join(lines) + "\n"
 
 
+def pose_flags(args, model: str, folder: str) -> list[str]:
+    """superseg-eval flags of one relative-pose run on the held-out pairs of `folder`: the model
+    as shipped (filter auto), without sub-pixel refinement and, when its semantic head is
+    trained, without the filter; SIFT and ORB."""
+    semantic = load_model(model).trained_heads["semantic"]
+    return ["--model", model, "--max-keypoints", str(args.max_keypoints), "--seed",
+            str(args.seed), "--poses", folder, "--heldout", args.split, "--gaps", args.pose_gaps,
+            "--baselines", "sift,orb",
+            "--ablations", "subpixel,semantic" if semantic else "subpixel"]
+
+
+def pose_record(folder: str, record: dict, output: Path) -> str:
+    dataset = record["config"]["dataset"]
+    gaps = (f", frame gaps {', '.join(str(g) for g in dataset['gaps'])}"
+            if dataset.get("gaps") else "")
+    rows = ("`superseg` is the model as shipped (semantic filter "
+            f"{record['methods']['superseg']['semantic_filter']}); `superseg-no-subpixel` the "
+            "same without sub-pixel refinement; `superseg-no-semantic` the same without the "
+            "filter. ")
+    return (f"### `{folder}`\n\n{markdown_table(record['summaries'], POSE_COLUMNS)}\n\n{rows}"
+            f"Pairs: {dataset['pairs']} of {dataset['pairs_listed']} ({dataset['layout']}"
+            f"{gaps}), only those whose two images `{relative(dataset['heldout'])}` holds out "
+            f"from training; {record['config']['max_keypoints']} keypoints per image; "
+            f"{record['config']['ransac']['draws']} RANSAC draws per pair, threshold "
+            f"{record['config']['ransac']['threshold_px']:g} px. Full output: "
+            f"`{relative(output)}`.\n")
+
+
 def relative(path) -> str:
     path = Path(path).resolve()
     return os.path.relpath(path, ROOT) if path.is_relative_to(ROOT) else str(path)
@@ -355,6 +386,11 @@ def main(argv=None) -> int:
                    help="held-out image folder (repeat for several resolutions)")
     p.add_argument("--segmentation", help="labelled frames for superseg-eval --segmentation")
     p.add_argument("--dataset", default="camvid", help="layout of --segmentation")
+    p.add_argument("--poses", action="append", default=[],
+                   help="real posed pairs for superseg-eval --poses (a KITTI-style sequence or "
+                        "a pair list); only the pairs --split holds out (repeatable)")
+    p.add_argument("--pose-gaps", default="1,2,4",
+                   help="frame gaps of the --poses sequences (default 1,2,4)")
     p.add_argument("--segmentation-split", default="val")
     p.add_argument("--pairs", type=int, default=41)
     p.add_argument("--seed", type=int, default=0)
@@ -412,6 +448,8 @@ def main(argv=None) -> int:
                           if args.images else [])
                        + ([f"--segmentation {args.segmentation} --dataset {args.dataset}"]
                           if args.segmentation else [])
+                       + [f"--poses {folder}" for folder in args.poses]
+                       + ([f"--pose-gaps {args.pose_gaps}"] if args.poses else [])
                        + ([f"--reference-model {relative(args.reference_model)}"]
                           if args.reference_model else []))
     text = CARD.read_text()
@@ -433,6 +471,13 @@ def main(argv=None) -> int:
                            "--max-keypoints", str(args.max_keypoints)], seg_output, args.reuse)
         text = replace_block(text, "segmentation", segmentation_record(
             record, seg_output, args.segmentation, args.segmentation_split))
+    if args.poses:
+        poses = []
+        for folder in args.poses:
+            name = "poses_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", relative(folder)).strip("_")
+            record = run_eval(pose_flags(args, args.model, folder), output / name, args.reuse)
+            poses.append(pose_record(folder, record, output / name))
+        text = replace_block(text, "poses", "\n".join(poses))
     text = replace_block(text, "training", training_record(load_model(args.model)))
     CARD.write_text(text)
     print("\n".join(evaluations + comparisons))

@@ -12,6 +12,7 @@ Wrap any such callable in `Method(name, extract, info)` to add it to an evaluati
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -29,6 +30,13 @@ class Method:
 
     def extract(self, image_rgb: np.ndarray, max_keypoints: int) -> dict:
         return check_features(self.extract_fn(image_rgb, max_keypoints), self.name)
+
+    def extract_pair(self, image_a: np.ndarray, image_b: np.ndarray, max_keypoints: int):
+        """(features of A, features of B, seconds per image)."""
+        t0 = time.perf_counter()
+        feat_a = self.extract(image_a, max_keypoints)
+        feat_b = self.extract(image_b, max_keypoints)
+        return feat_a, feat_b, (time.perf_counter() - t0) / 2
 
 
 def check_features(out: dict, name: str) -> dict:

@@ -48,16 +48,18 @@ def _cell(summary: dict, key: str, fmt: str) -> str:
     return fmt.format(value)
 
 
-def table_rows(summaries: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["method"] + [h for _, h, _ in COLUMNS]
-    rows = [[name] + [_cell(s, key, fmt) for key, _, fmt in COLUMNS]
+def table_rows(summaries: dict[str, dict], columns=COLUMNS
+               ) -> tuple[list[str], list[list[str]]]:
+    """`columns`: (summary key, header, format) per column; one row per method."""
+    header = ["method"] + [h for _, h, _ in columns]
+    rows = [[name] + [_cell(s, key, fmt) for key, _, fmt in columns]
             for name, s in summaries.items()]
     return header, rows
 
 
-def format_table(summaries: dict[str, dict]) -> str:
+def format_table(summaries: dict[str, dict], columns=COLUMNS) -> str:
     """Plain-text table, columns aligned (method left, numbers right)."""
-    header, rows = table_rows(summaries)
+    header, rows = table_rows(summaries, columns)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = []
     for r in [header] + rows:
@@ -67,8 +69,8 @@ def format_table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(summaries: dict[str, dict]) -> str:
-    header, rows = table_rows(summaries)
+def markdown_table(summaries: dict[str, dict], columns=COLUMNS) -> str:
+    header, rows = table_rows(summaries, columns)
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -126,15 +128,24 @@ def write_markdown_tail(path: Path, lines: list[str], setup: dict, notes, plots)
 # --- plots ---------------------------------------------------------------------------------------
 
 
-def write_plots(out_dir: Path, summaries: dict[str, dict],
-                loc_samples: dict[str, np.ndarray]) -> tuple[list[Path], str | None]:
-    """homography_accuracy.png, mma.png, localization_error.png; (files, note if skipped)."""
+def pyplot():
+    """(matplotlib.pyplot drawing to files only, None), or (None, the note why plots are
+    skipped) where matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")  # files only, no display
         import matplotlib.pyplot as plt
     except ImportError:
-        return [], "plots skipped: matplotlib is not installed (pip install matplotlib)"
+        return None, "plots skipped: matplotlib is not installed (pip install matplotlib)"
+    return plt, None
+
+
+def write_plots(out_dir: Path, summaries: dict[str, dict],
+                loc_samples: dict[str, np.ndarray]) -> tuple[list[Path], str | None]:
+    """homography_accuracy.png, mma.png, localization_error.png; (files, note if skipped)."""
+    plt, note = pyplot()
+    if plt is None:
+        return [], note
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for key, title, ylabel, fname in (

@@ -17,7 +17,7 @@ from ..config import ConfigError
 from ..semantics import DYNAMIC, FLAT, GROUPS, IGNORE, STATIC, UNSTABLE
 from ..visualize import GROUP_COLOURS, UNKNOWN_COLOUR, draw_keypoints
 from .datasets import DatasetError
-from .report import title_band, write_markdown_tail, write_overlay
+from .report import pyplot, title_band, write_markdown_tail, write_overlay
 
 
 def confusion_matrix(predicted, target, num_classes: int, ignore: int = IGNORE) -> np.ndarray:
@@ -367,12 +367,9 @@ def write_segmentation_plots(out_dir: Path, report: dict, sweep: list[dict] | No
     """group_confusion.png (row-normalised, with the numbers), group_iou.png, with class
     metrics class_iou.png, and with a threshold sweep filter_thresholds.png; (files, note if
     skipped)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # files only, no display
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return [], "plots skipped: matplotlib is not installed (pip install matplotlib)"
+    plt, note = pyplot()
+    if plt is None:
+        return [], note
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [_confusion_plot(plt, out_dir / "group_confusion.png", report["groups"]["confusion"]),
                _iou_plot(plt, out_dir / "group_iou.png", report["groups"], "Per-group IoU")]
