@@ -82,3 +82,22 @@ def test_training_record_says_which_parts_each_stage_trained():
             if line.startswith("| joint") or line.startswith("| labelled")]
     assert [(row[1], row[2]) for row in rows] == [("keypoints_cpu", "-"),
                                                    ("camvid_semantic_dense", "semantic")]
+
+
+def test_pose_record_names_the_held_out_pairs_and_the_protocol(tmp_path):
+    row = {"keypoints": 216.4, "matches": 167.2, "epipolar_precision@1px": 0.755,
+           "epipolar_precision@3px": 0.924, "pose_auc@5deg": 0.447, "pose_auc@10deg": 0.7,
+           "pose_auc@20deg": 0.849, "median_rotation_error": 0.2,
+           "median_translation_error": 2.6, "pose_failures": 0.0, "ms_per_image": 33.0}
+    record = {"config": {"dataset": {"layout": "sequence", "gaps": [1, 2, 4], "pairs": 59,
+                                     "pairs_listed": 315, "heldout": "runs/data/split.json"},
+                         "max_keypoints": 1000,
+                         "ransac": {"draws": 20, "threshold_px": 1.0}},
+              "methods": {"superseg": {"semantic_filter": "on"}},
+              "summaries": {"superseg": row, "sift": {**row, "pose_auc@5deg": 0.69}}}
+    text = model_card.pose_record("../shared/data/kitti_raw_0001", record, tmp_path)
+    assert "| superseg | 216 | 167 | 0.755 | 0.924 | 0.447 | 0.700 | 0.849 | 0.20 | 2.60 |" in text
+    assert "| sift |" in text and "0.690" in text
+    assert "59 of 315 (sequence, frame gaps 1, 2, 4)" in text
+    assert "`runs/data/split.json` holds out from training" in text
+    assert "semantic filter on" in text and "20 RANSAC draws" in text

@@ -256,6 +256,16 @@ BEFORE_AFTER = (("keypoints", "keypoints per image", True),
 
 THRESHOLD_COLUMNS = BEFORE_AFTER[:8]
 
+POSE_BEFORE_AFTER = (("keypoints", "keypoints per image", True),
+                     ("matches", "matches per pair", True),
+                     ("epipolar_precision@1px", "epipolar precision@1px", True),
+                     ("epipolar_precision@3px", "epipolar precision@3px", True),
+                     ("pose_auc@5deg", "pose AUC@5deg", True),
+                     ("pose_auc@10deg", "pose AUC@10deg", True),
+                     ("pose_auc@20deg", "pose AUC@20deg", True),
+                     ("median_rotation_error", "median rotation error (deg)", False),
+                     ("median_translation_error", "median translation error (deg)", False))
+
 
 def threshold_table(title: str, rows: list[tuple[float, dict]]) -> str:
     """The same model at several detection thresholds on the same pairs: what filling the
@@ -275,7 +285,7 @@ def format_value(key: str, value) -> str:
     """A summary value as the card prints it: counts whole, rates and pixels to 3 decimals."""
     if value is None:
         return "-"
-    return f"{value:.0f}" if key == "keypoints" else f"{value:.3f}"
+    return f"{value:.0f}" if key in ("keypoints", "matches") else f"{value:.3f}"
 
 
 def summary_value(summary: dict, key: str):
@@ -284,14 +294,14 @@ def summary_value(summary: dict, key: str):
     return summary.get(key)
 
 
-def before_after(name: str, before: dict, after: dict) -> str:
+def before_after(name: str, before: dict, after: dict, metrics=BEFORE_AFTER) -> str:
     """The previous model against this one on the same pairs, detector against detector
     (detector_row of each); 'better' follows each metric's direction (lower localisation error
     is better)."""
     rows = detector_row(before), detector_row(after)
     lines = [f"On {name} (`{rows[0]}` before, `{rows[1]}` after):", "",
              "| metric | before | after | better |", "|---|--:|--:|:-:|"]
-    for key, label, higher in BEFORE_AFTER:
+    for key, label, higher in metrics:
         a, b = summary_value(before[rows[0]], key), summary_value(after[rows[1]], key)
         if a is None or b is None:
             continue
@@ -477,6 +487,13 @@ def main(argv=None) -> int:
             name = "poses_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", relative(folder)).strip("_")
             record = run_eval(pose_flags(args, args.model, folder), output / name, args.reuse)
             poses.append(pose_record(folder, record, output / name))
+            if args.reference_model:
+                before = run_eval(pose_flags(args, args.reference_model, folder),
+                                  output / f"{name}_reference", args.reuse)
+                poses.append(f"Against `{relative(args.reference_model)}`, detector against "
+                             "detector:\n\n" + before_after(
+                                 "the same pairs", before["summaries"], record["summaries"],
+                                 POSE_BEFORE_AFTER))
         text = replace_block(text, "poses", "\n".join(poses))
     text = replace_block(text, "training", training_record(load_model(args.model)))
     CARD.write_text(text)
