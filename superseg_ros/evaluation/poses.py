@@ -61,14 +61,18 @@ class PosedPair:
 # --- reading -------------------------------------------------------------------------------------
 
 
-def _numbers(path: Path, per_row: int) -> np.ndarray:
-    """(rows, per_row) float64 from a whitespace text file, or a DatasetError naming the file."""
+def _text_lines(path: Path) -> list[str]:
     try:
-        rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        return path.read_text().splitlines()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc.strerror})") from exc
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not a text file") from exc
+
+
+def _numbers(path: Path, per_row: int) -> np.ndarray:
+    """(rows, per_row) float64 from a whitespace text file, or a DatasetError naming the file."""
+    rows = [line.split() for line in _text_lines(path) if line.strip()]
     for number, row in enumerate(rows, 1):
         if len(row) != per_row:
             raise DatasetError(f"{path}: expected {per_row} numbers a line, line {number} has "
@@ -114,14 +118,8 @@ def _sequence_items(root: Path, gaps) -> list[tuple]:
 
 
 def _pair_list_items(list_file: Path) -> list[tuple]:
-    try:
-        lines = list_file.read_text().splitlines()
-    except OSError as exc:
-        raise DatasetError(f"{list_file}: cannot read ({exc.strerror})") from exc
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{list_file}: not a text file (expected a pair list)") from exc
     items = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(_text_lines(list_file), 1):
         tokens = line.split()
         if not tokens:
             continue
