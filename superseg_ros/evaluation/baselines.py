@@ -18,6 +18,7 @@ from typing import Callable
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from ..extractor import Extractor
 
@@ -31,12 +32,37 @@ class Method:
     def extract(self, image_rgb: np.ndarray, max_keypoints: int) -> dict:
         return check_features(self.extract_fn(image_rgb, max_keypoints), self.name)
 
-    def extract_pair(self, image_a: np.ndarray, image_b: np.ndarray, max_keypoints: int):
-        """(features of A, features of B, seconds per image)."""
-        t0 = time.perf_counter()
-        feat_a = self.extract(image_a, max_keypoints)
-        feat_b = self.extract(image_b, max_keypoints)
-        return feat_a, feat_b, (time.perf_counter() - t0) / 2
+
+class PairExtraction:
+    """Every method's features on every readable pair of a dataset (`run` yields them pair by
+    pair), the extraction time per method and image, and the pairs that could not be read (an
+    unreadable image costs its pair, not the run)."""
+
+    def __init__(self, methods: list[Method]):
+        self.methods = methods
+        self.seconds = {m.name: [] for m in methods}
+        self.failures: list[str] = []
+
+    def run(self, dataset, max_keypoints: int, desc: str):
+        """Yields (index, pair, [(method, features of A, features of B)])."""
+        for index in tqdm(range(len(dataset)), desc=desc, unit="pair", disable=len(dataset) < 2):
+            try:
+                pair = dataset[index]
+            except ValueError as exc:
+                self.failures.append(str(exc))
+                continue
+            features = []
+            for method in self.methods:
+                t0 = time.perf_counter()
+                feat_a = method.extract(pair.image_a, max_keypoints)
+                feat_b = method.extract(pair.image_b, max_keypoints)
+                self.seconds[method.name].append((time.perf_counter() - t0) / 2)
+                features.append((method, feat_a, feat_b))
+            yield index, pair, features
+
+    def ms_per_image(self, name: str) -> float:
+        seconds = self.seconds[name]
+        return 1000 * float(np.mean(seconds)) if seconds else float("nan")
 
 
 def check_features(out: dict, name: str) -> dict:

@@ -37,7 +37,6 @@ import cv2
 import numpy as np
 import torch
 import yaml
-from tqdm import tqdm
 
 from ..backends import BACKEND_CHOICES
 from ..checkpoint import RANDOM, CheckpointError, open_model
@@ -47,7 +46,7 @@ from ..semantics import GROUPS, ONTOLOGIES
 from . import metrics as M
 from . import poses as P
 from . import segmentation as S
-from .baselines import ABLATIONS, BASELINES, model_methods
+from .baselines import ABLATIONS, BASELINES, PairExtraction, model_methods
 from .datasets import DatasetError, generated_pairs, hpatches_pairs
 from .report import (draw_matches, format_table, localization_histogram, markdown_table,
                      write_json, write_markdown, write_markdown_tail, write_overlay, write_plots)
@@ -454,20 +453,11 @@ def run_evaluation(dataset, methods, max_keypoints: int, seed: int, out_dir: Pat
                    n_overlays: int = 3, ransac_draws: int = M.RANSAC_DRAWS) -> dict:
     """Every method on every pair; returns summaries, per-pair rows and plot data."""
     per_pair = {m.name: [] for m in methods}
-    seconds = {m.name: [] for m in methods}
-    failures, sizes = [], []
-    for index in tqdm(range(len(dataset)), desc=PROG, unit="pair", disable=len(dataset) < 2):
-        try:
-            pair = dataset[index]
-        except ValueError as exc:  # an unreadable image costs its pair, not the run
-            failures.append(str(exc))
-            continue
+    extraction, sizes = PairExtraction(methods), []
+    for index, pair, features in extraction.run(dataset, max_keypoints, PROG):
         shape_a, shape_b = pair.image_a.shape[:2], pair.image_b.shape[:2]
         sizes.append(shape_a)
-        for method in methods:
-            feat_a, feat_b, per_image = method.extract_pair(pair.image_a, pair.image_b,
-                                                            max_keypoints)
-            seconds[method.name].append(per_image)
+        for method, feat_a, feat_b in features:
             result = M.evaluate_pair(feat_a, feat_b, pair.H, shape_a, shape_b,
                                      feat_a["binary"], seed + index, ransac_draws)
             result.update(name=pair.name, group=pair.group)
@@ -486,8 +476,7 @@ def run_evaluation(dataset, methods, max_keypoints: int, seed: int, out_dir: Pat
     summaries, loc_samples = {}, {}
     for name, results in per_pair.items():
         summaries[name] = M.summarize(results)
-        summaries[name]["ms_per_image"] = 1000 * float(np.mean(seconds[name])) \
-            if seconds[name] else float("nan")
+        summaries[name]["ms_per_image"] = extraction.ms_per_image(name)
         loc_samples[name] = np.concatenate([r["loc_samples"] for r in results]) \
             if results else np.zeros(0)
     groups = sorted({r["group"] for rs in per_pair.values() for r in rs} - {""})
@@ -501,7 +490,7 @@ def run_evaluation(dataset, methods, max_keypoints: int, seed: int, out_dir: Pat
         arr = np.array(sizes)
         size_info = {"image_a_min_hw": arr.min(0).tolist(), "image_a_max_hw": arr.max(0).tolist()}
     return {"summaries": summaries, "group_summaries": group_summaries, "pairs": rows,
-            "loc_samples": loc_samples, "failures": failures, "sizes": size_info,
+            "loc_samples": loc_samples, "failures": extraction.failures, "sizes": size_info,
             "evaluated": len(sizes)}
 
 

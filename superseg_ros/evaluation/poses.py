@@ -34,9 +34,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from ..cli.extract import IMAGE_SUFFIXES, read_rgb
+from .baselines import PairExtraction
 from .datasets import DatasetError, resize_to_max_side
 from .metrics import descriptor_distances, error_auc, mutual_nn_matches
 from .report import draw_matches, pyplot, write_overlay
@@ -346,18 +346,9 @@ def run_pose_evaluation(dataset, methods, max_keypoints: int, seed: int, out_dir
                         n_overlays: int = 3, draws: int = 20, desc: str = "poses") -> dict:
     """Every method on every pair: summaries, per-pair rows, failures (unreadable images)."""
     per_pair = {m.name: [] for m in methods}
-    seconds = {m.name: [] for m in methods}
-    failures = []
-    for index in tqdm(range(len(dataset)), desc=desc, unit="pair", disable=len(dataset) < 2):
-        try:
-            pair = dataset[index]
-        except ValueError as exc:  # an unreadable image costs its pair, not the run
-            failures.append(str(exc))
-            continue
-        for method in methods:
-            feat_a, feat_b, per_image = method.extract_pair(pair.image_a, pair.image_b,
-                                                            max_keypoints)
-            seconds[method.name].append(per_image)
+    extraction = PairExtraction(methods)
+    for index, pair, features in extraction.run(dataset, max_keypoints, desc):
+        for method, feat_a, feat_b in features:
             result = evaluate_posed_pair(feat_a, feat_b, pair, feat_a["binary"], seed + index,
                                          draws)
             result["name"] = pair.name
@@ -374,13 +365,12 @@ def run_pose_evaluation(dataset, methods, max_keypoints: int, seed: int, out_dir
     summaries = {}
     for name, results in per_pair.items():
         summaries[name] = summarize_poses(results)
-        summaries[name]["ms_per_image"] = 1000 * float(np.mean(seconds[name])) \
-            if seconds[name] else float("nan")
+        summaries[name]["ms_per_image"] = extraction.ms_per_image(name)
     hidden = {"matches_ij", "epipolar_errors"}
     rows = {name: [{k: v for k, v in r.items() if k not in hidden} for r in rs]
             for name, rs in per_pair.items()}
-    return {"summaries": summaries, "pairs": rows, "failures": failures,
-            "evaluated": len(dataset) - len(failures)}
+    return {"summaries": summaries, "pairs": rows, "failures": extraction.failures,
+            "evaluated": len(dataset) - len(extraction.failures)}
 
 
 # --- report --------------------------------------------------------------------------------------
